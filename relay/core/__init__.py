@@ -1,0 +1,1 @@
+"""Sans-I/O protocol core: no asyncio, no sockets, no database."""

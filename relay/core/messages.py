@@ -1,0 +1,123 @@
+"""Client frames -> typed messages; the relay's replies -> frame bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relay.core import canonical
+from relay.core.errors import ClientError, MessageError
+from relay.core.event import Event, parse_event
+from relay.core.filters import Filter, parse_filter
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class ReqMessage:
+    sub_id: str
+    filters: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseMessage:
+    sub_id: str
+
+
+ClientMessage = EventMessage | ReqMessage | CloseMessage
+
+# Verbs of NIPs this relay does not implement: refused with CLOSED so clients stop waiting.
+SUBSCRIPTION_VERBS_UNSUPPORTED = frozenset({"COUNT"})
+
+
+def parse_message(frame: bytes | str) -> ClientMessage:
+    """Parse one client frame; raises MessageError naming whom to answer."""
+    try:
+        data = canonical.loads(frame)
+    except canonical.JSONDecodeError:
+        raise MessageError("message is not valid JSON") from None
+    if type(data) is not list or not data:
+        raise MessageError("message must be a non-empty JSON array")
+    verb = data[0]
+    if verb == "EVENT":
+        return _parse_event(data)
+    if verb == "REQ":
+        return _parse_req(data)
+    if verb == "CLOSE":
+        if len(data) != 2 or type(data[1]) is not str:
+            raise MessageError("CLOSE takes one subscription id")
+        return CloseMessage(data[1])
+    if type(verb) is str and verb in SUBSCRIPTION_VERBS_UNSUPPORTED:
+        sub_id = data[1] if len(data) > 1 and type(data[1]) is str else None
+        raise MessageError(f"{verb} is not supported", prefix="unsupported", sub_id=sub_id)
+    raise MessageError(f"unknown message type {str(verb)[:32]!r}")
+
+
+def _parse_event(data: list[Any]) -> EventMessage:
+    claimed_id = _claimed_event_id(data)
+    if len(data) != 2:
+        raise MessageError("EVENT takes one event", event_id=claimed_id)
+    try:
+        return EventMessage(parse_event(data[1]))
+    except ClientError as exc:
+        raise MessageError.wrap(exc, event_id=claimed_id) from None
+
+
+def _claimed_event_id(data: list[Any]) -> str | None:
+    """The id a bad EVENT claims, if it is a plausible one to correlate an OK with."""
+    if len(data) >= 2 and type(data[1]) is dict:
+        claimed = data[1].get("id")
+        if type(claimed) is str and 0 < len(claimed) <= 64:
+            return claimed
+    return None
+
+
+def _parse_req(data: list[Any]) -> ReqMessage:
+    if len(data) < 2 or type(data[1]) is not str or not data[1]:
+        raise MessageError("REQ needs a non-empty subscription id")
+    sub_id = data[1]
+    if len(data) < 3:
+        raise MessageError("REQ needs at least one filter", sub_id=sub_id)
+    try:
+        filters = tuple(parse_filter(obj) for obj in data[2:])
+    except ClientError as exc:
+        raise MessageError.wrap(exc, sub_id=sub_id) from None
+    return ReqMessage(sub_id, filters)
+
+
+def ok(event_id: str, accepted: bool, reason: str = "") -> bytes:
+    return canonical.dumps(["OK", event_id, accepted, reason])
+
+
+def eose(sub_id: str) -> bytes:
+    return canonical.dumps(["EOSE", sub_id])
+
+
+def closed(sub_id: str, reason: str) -> bytes:
+    return canonical.dumps(["CLOSED", sub_id, reason])
+
+
+def notice(text: str) -> bytes:
+    return canonical.dumps(["NOTICE", text])
+
+
+def event_frame(sub_id_json: bytes, raw_event: bytes) -> bytes:
+    """`["EVENT",sub_id,event]` spliced from the stored event JSON, not re-encoded."""
+    return b'["EVENT",' + sub_id_json + b"," + raw_event + b"]"
+
+
+def encode_sub_id(sub_id: str) -> bytes:
+    return canonical.dumps(sub_id)
+
+
+def refusal(error: ClientError) -> bytes:
+    """The protocol's answer to a refused frame, at the narrowest scope that can be named."""
+    if isinstance(error, MessageError):
+        if error.event_id is not None:
+            return ok(error.event_id, False, error.reason)
+        if error.sub_id is not None:
+            return closed(error.sub_id, error.reason)
+    return notice(error.reason)

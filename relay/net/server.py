@@ -1,0 +1,139 @@
+"""The relay as a running service: the path of an event, live fan-out, start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from relay.config import Settings
+from relay.core import nip11
+from relay.core.errors import ClientError
+from relay.core.event import Event
+from relay.core.filters import Filter
+from relay.core.policy import check_write, default_write_checks
+from relay.core.subscriptions import SubscriptionIndex
+from relay.net.connection import ClientConnection
+from relay.net.http import HttpResponder
+from relay.net.verifier import SignatureVerifier
+from relay.store.base import EventStore
+from relay.store.writer import StoreFailure, Writer, WriterClosed
+
+log = logging.getLogger("relay")
+
+# Frames over the advertised max_message_length but under this many times it get a
+# NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
+TRANSPORT_SIZE_FACTOR = 2
+SHUTDOWN_FLUSH_SECONDS = 5.0
+
+
+class RelayServer:
+    def __init__(self, settings: Settings, store: EventStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.writer = Writer(store, purge_interval=settings.purge_interval)
+        self.verifier = SignatureVerifier()
+        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
+        self.connections: set[ClientConnection] = set()
+        self.write_checks = default_write_checks(settings.limits)
+        self.accepting = False
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("relay is not running")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.writer.start()
+        info = nip11.information_document(self.settings.info, self.settings.limits)
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.settings.port,
+            process_request=HttpResponder(info, lambda: self.accepting),
+            max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
+            max_queue=16,
+            compression="deflate",
+            server_header=None,
+        )
+        self.accepting = True
+        log.info("listening on %s:%d", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        """Refuse new events, commit and answer pending ones, then close every connection."""
+        self.accepting = False
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        await self.writer.close()
+        flushes = [asyncio.create_task(c.outbox.drained()) for c in self.connections]
+        if flushes:
+            await asyncio.wait(flushes, timeout=SHUTDOWN_FLUSH_SECONDS)
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        self.verifier.close()
+        await self.store.close()
+        log.info("stopped")
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = _peer_name(ws)
+        connection = ClientConnection(ws, self, peer)
+        self.connections.add(connection)
+        started = time.monotonic()
+        log.info("%s connected", peer)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            log.info(
+                "%s disconnected after %.1fs (code %s, %d events)",
+                peer,
+                time.monotonic() - started,
+                ws.close_code,
+                connection.events_received,
+            )
+
+    async def ingest(self, event: Event) -> tuple[bool, str]:
+        """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
+        if not self.accepting:
+            return False, "error: the relay is shutting down"
+        try:
+            check_write(self.write_checks, event, int(time.time()))
+        except ClientError as error:
+            return False, error.reason
+        if not await self.verifier.verify(event):
+            return False, "invalid: bad signature"
+        if event.is_ephemeral:
+            self.broadcast(event)
+            return True, ""
+        try:
+            outcome = await self.writer.save(event)
+        except WriterClosed:
+            return False, "error: the relay is shutting down"
+        except StoreFailure:
+            return False, "error: the event could not be stored, try again later"
+        if outcome.broadcast:
+            self.broadcast(event)
+        return outcome.accepted, outcome.reason
+
+    async def query(self, filters: Sequence[Filter]) -> list[bytes]:
+        if all(f.limit == 0 for f in filters):
+            return []
+        return await self.store.query(filters, int(time.time()))
+
+    def broadcast(self, event: Event) -> None:
+        for connection, sub_id in self.subscriptions.matching(event):
+            connection.deliver(sub_id, event)
+
+
+def _peer_name(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)

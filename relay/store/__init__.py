@@ -1,0 +1,1 @@
+"""Event storage behind one small interface (base.EventStore)."""

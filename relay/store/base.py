@@ -1,0 +1,50 @@
+"""The storage interface every backend implements, and the outcome of a save."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import Protocol
+
+from relay.core.event import Event
+from relay.core.filters import Filter
+
+
+class SaveOutcome(Enum):
+    """What became of one event handed to `save_many`, and the OK it earns."""
+
+    STORED = (True, "")
+    DUPLICATE = (True, "duplicate: already have this event")
+    # An older (or same-second, higher-id) version of a replaceable/addressable event.
+    STALE = (False, "duplicate: have a newer version of this event")
+    DELETED = (False, "blocked: this event was deleted by its author")
+
+    @property
+    def accepted(self) -> bool:
+        return self.value[0]
+
+    @property
+    def reason(self) -> str:
+        return self.value[1]
+
+    @property
+    def broadcast(self) -> bool:
+        return self is SaveOutcome.STORED
+
+
+class EventStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
+        """Apply events in order in one durable transaction; returns once committed."""
+        ...
+
+    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+        """Raw JSON of stored, unexpired matches: newest first, ties by id, per-filter limit."""
+        ...
+
+    async def count(self, filters: Sequence[Filter], now: int) -> int: ...
+
+    async def purge_expired(self, now: int) -> int: ...
+
+    async def close(self) -> None: ...

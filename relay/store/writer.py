@@ -1,0 +1,114 @@
+"""The single writer: everything queued goes into one transaction, then each waiter hears.
+
+Group commit is what makes durable ingest fast: one fsync covers the whole batch, and
+no event is acknowledged before the commit that holds it has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from relay.core.event import Event
+from relay.store.base import EventStore, SaveOutcome
+
+log = logging.getLogger("relay.writer")
+
+Pending = tuple[Event, "asyncio.Future[SaveOutcome]"]
+
+
+class WriterClosed(Exception):
+    """The relay is shutting down and takes no more events."""
+
+
+class StoreFailure(Exception):
+    """The batch holding the event could not be committed; nothing of it was stored."""
+
+
+class Writer:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_batch: int = 1000,
+        purge_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.purge_interval = purge_interval
+        self.clock = clock
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._next_purge = 0.0
+        self.batches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="writer")
+
+    async def save(self, event: Event) -> SaveOutcome:
+        if self._closing:
+            raise WriterClosed
+        future: asyncio.Future[SaveOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, future))
+        return await future
+
+    async def close(self) -> None:
+        """Take no more events, commit everything already queued, then stop."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.put_nowait(None)
+        if self._task is not None:
+            await self._task
+
+    def _take_batch(self, first: Pending) -> tuple[list[Pending], bool]:
+        batch = [first]
+        while len(batch) < self.max_batch and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._take_batch(first)
+            await self._commit(batch)
+            await self._maybe_purge()
+            if stop:
+                return
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        now = int(self.clock())
+        try:
+            outcomes = await self.store.save_many([event for event, _ in batch], now)
+        except Exception as exc:
+            log.error("could not commit a batch of %d events: %s", len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreFailure(str(exc)))
+            return
+        self.batches += 1
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _maybe_purge(self) -> None:
+        now = self.clock()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.purge_interval
+        try:
+            purged = await self.store.purge_expired(int(now))
+        except Exception as exc:
+            log.error("could not purge expired events: %s", exc)
+            return
+        if purged:
+            log.info("purged %d expired events", purged)
