@@ -69,7 +69,8 @@ class RelayServer:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
         if self._server is not None:
-            self._server.close(close_connections=False)
+            # Stop listening only: websockets' close() runs once, so connections close below.
+            self._server.server.close()
         await self.writer.close()
         flushes = [asyncio.create_task(c.outbox.drained()) for c in self.connections]
         if flushes:
