@@ -15,10 +15,9 @@ log = logging.getLogger("relay")
 
 
 def build_relay(settings: Settings) -> RelayServer:
-    Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(
-        settings.db, readers=settings.readers, synchronous=settings.synchronous.upper()
-    )
+    db = Path(settings.db).expanduser().absolute()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(db, readers=settings.readers, synchronous=settings.synchronous.upper())
     return RelayServer(settings, store)
 
 

@@ -120,7 +120,17 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("synchronous must be FULL, EXTRA or NORMAL")
     if not 0 <= settings.port <= 65535:
         raise ConfigError("port must be from 0 to 65535")
-    for name in ("max_message_length", "max_subscriptions", "max_filters", "max_subid_length"):
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
+        )
+    for name in (
+        "max_message_length",
+        "max_subscriptions",
+        "max_filters",
+        "max_subid_length",
+        "readers",
+    ):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     return settings

@@ -73,3 +73,7 @@ class MessageError(ClientError):
         cls, error: ClientError, *, event_id: str | None = None, sub_id: str | None = None
     ) -> MessageError:
         return cls(error.message, prefix=error.prefix, event_id=event_id, sub_id=sub_id)
+
+
+class ReqRefused(MessageError):
+    """A REQ refused with CLOSED: its subscription id ends, an open one of that id included."""

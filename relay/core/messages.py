@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.core import canonical
-from relay.core.errors import ClientError, MessageError
+from relay.core.errors import ClientError, MessageError, ReqRefused
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 
@@ -80,11 +80,11 @@ def _parse_req(data: list[Any]) -> ReqMessage:
         raise MessageError("REQ needs a non-empty subscription id")
     sub_id = data[1]
     if len(data) < 3:
-        raise MessageError("REQ needs at least one filter", sub_id=sub_id)
+        raise ReqRefused("REQ needs at least one filter", sub_id=sub_id)
     try:
         filters = tuple(parse_filter(obj) for obj in data[2:])
     except ClientError as exc:
-        raise MessageError.wrap(exc, sub_id=sub_id) from None
+        raise ReqRefused.wrap(exc, sub_id=sub_id) from None
     return ReqMessage(sub_id, filters)
 
 

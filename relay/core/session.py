@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.core.errors import Invalid, MessageError, Restricted
+from relay.core.errors import Invalid, MessageError, ReqRefused, Restricted
 from relay.core.filters import Filter
 from relay.core.limits import Limits
 from relay.core.messages import ClientMessage, ReqMessage, parse_message
@@ -15,30 +15,27 @@ class Session:
 
     def receive(self, frame: bytes | str) -> ClientMessage:
         """Parse a frame within the size limit; raises MessageError with whom to answer."""
-        if len(frame) > self.limits.max_message_length:
-            # Length in characters of a str is at most its UTF-8 length: check bytes then.
-            size = len(frame.encode()) if isinstance(frame, str) else len(frame)
-            if size > self.limits.max_message_length:
-                raise MessageError(f"message is longer than {self.limits.max_message_length} bytes")
+        if _size_in_bytes(frame, self.limits.max_message_length) > self.limits.max_message_length:
+            raise MessageError(f"message is longer than {self.limits.max_message_length} bytes")
         return parse_message(frame)
 
     def open(self, req: ReqMessage) -> tuple[Filter, ...]:
         """Register (or replace) a subscription; returns its filters with limits applied."""
         limits = self.limits
+        # A REQ reusing an open id replaces it, even when the new one is refused below.
+        self.subscriptions.pop(req.sub_id, None)
         if len(req.sub_id) > limits.max_subid_length:
-            raise MessageError.wrap(
+            raise ReqRefused.wrap(
                 Invalid(f"subscription id is longer than {limits.max_subid_length}"),
                 sub_id=req.sub_id,
             )
         if len(req.filters) > limits.max_filters:
-            raise MessageError.wrap(
+            raise ReqRefused.wrap(
                 Invalid(f"a REQ may hold at most {limits.max_filters} filters"),
                 sub_id=req.sub_id,
             )
-        if req.sub_id not in self.subscriptions and (
-            len(self.subscriptions) >= limits.max_subscriptions
-        ):
-            raise MessageError.wrap(
+        if len(self.subscriptions) >= limits.max_subscriptions:
+            raise ReqRefused.wrap(
                 Restricted(f"at most {limits.max_subscriptions} open subscriptions"),
                 sub_id=req.sub_id,
             )
@@ -52,3 +49,11 @@ class Session:
     def _clamp(self, f: Filter) -> Filter:
         limit = self.limits.default_limit if f.limit is None else f.limit
         return f.with_limit(min(limit, self.limits.max_limit))
+
+
+def _size_in_bytes(frame: bytes | str, limit: int) -> int:
+    """The frame's UTF-8 length, encoding only when the character count cannot settle it."""
+    if isinstance(frame, bytes) or len(frame) > limit or 4 * len(frame) <= limit:
+        return len(frame)
+    # surrogatepass: a lone surrogate is bad JSON for the parser to report, not a crash here.
+    return len(frame.encode(errors="surrogatepass"))

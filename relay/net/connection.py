@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import messages
-from relay.core.errors import MessageError
+from relay.core.errors import MessageError, ReqRefused
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.messages import CloseMessage, EventMessage, ReqMessage
@@ -41,6 +42,7 @@ class ClientConnection:
         self._held: dict[str, list[Event]] = {}
         self._sub_ids_json: dict[str, bytes] = {}
         self.events_received = 0
+        self.last_frame_at = time.monotonic()
 
     def send(self, frame: bytes) -> None:
         self.outbox.put(frame)
@@ -59,14 +61,23 @@ class ClientConnection:
                 await asyncio.wait(self._in_flight)
             sender.cancel()
 
+    def settled(self, quiet: float) -> bool:
+        """Every frame read is answered and sent, and none came in the last `quiet` s."""
+        return (
+            not self._in_flight
+            and self.outbox.idle
+            and time.monotonic() - self.last_frame_at >= quiet
+        )
+
     async def handle(self, frame: str | bytes) -> None:
+        self.last_frame_at = time.monotonic()
         if isinstance(frame, bytes):
             self.send(BINARY_NOTICE)
             return
         try:
             message = self.session.receive(frame)
         except MessageError as error:
-            self.send(messages.refusal(error))
+            self._refuse(error)
             return
         if isinstance(message, EventMessage):
             await self._accept_event(message.event)
@@ -74,6 +85,12 @@ class ClientConnection:
             self._open(message)
         elif isinstance(message, CloseMessage):
             self._close(message.sub_id)
+
+    def _refuse(self, error: MessageError) -> None:
+        if isinstance(error, ReqRefused) and error.sub_id is not None:
+            # The client reads CLOSED as the end of that id: a subscription it replaced ends.
+            self._close(error.sub_id)
+        self.send(messages.refusal(error))
 
     async def _accept_event(self, event: Event) -> None:
         self.events_received += 1
@@ -92,7 +109,7 @@ class ClientConnection:
         try:
             filters = self.session.open(req)
         except MessageError as error:
-            self.send(messages.refusal(error))
+            self._refuse(error)
             return
         sub_id = req.sub_id
         self._cancel_query(sub_id)

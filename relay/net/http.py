@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -46,13 +47,20 @@ class HttpResponder:
         self.is_healthy = is_healthy
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._answer(request)
+        if response is not None and request.method == "HEAD":
+            # Same headers as GET, Content-Length included, and no body (RFC 9110 9.3.2).
+            return dataclasses.replace(response, body=b"")
+        return response
+
+    def _answer(self, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if _is_upgrade(request):
             if path in RELAY_PATHS:
                 return None
             return _response(HTTPStatus.NOT_FOUND, b"No relay at this path.\n", "text/plain")
-        method = getattr(request, "method", "GET")
-        if method == "OPTIONS":
+        # websockets >= 17 hands every method to process_request: CORS preflights get here.
+        if request.method == "OPTIONS":
             return _response(HTTPStatus.NO_CONTENT, b"", "text/plain")
         if path == "/health":
             if self.is_healthy():

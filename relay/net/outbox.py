@@ -56,6 +56,11 @@ class Outbox:
             self.closed = True
             self._empty.set()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or being sent (or nothing can be sent any more)."""
+        return self.closed or self._empty.is_set()
+
     async def drained(self) -> None:
         """Wait until every queued frame has been handed to the socket."""
         await self._empty.wait()

@@ -28,6 +28,8 @@ log = logging.getLogger("relay")
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
 SHUTDOWN_FLUSH_SECONDS = 5.0
+# A connection that sent nothing for this long has had every frame it sent read.
+SHUTDOWN_QUIET_SECONDS = 0.1
 
 
 class RelayServer:
@@ -52,16 +54,23 @@ class RelayServer:
         await self.store.open()
         self.writer.start()
         info = nip11.information_document(self.settings.info, self.settings.limits)
-        self._server = await serve(
-            self._handle,
-            self.settings.host,
-            self.settings.port,
-            process_request=HttpResponder(info, lambda: self.accepting),
-            max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
-            max_queue=16,
-            compression="deflate",
-            server_header=None,
-        )
+        try:
+            self._server = await serve(
+                self._handle,
+                self.settings.host,
+                self.settings.port,
+                process_request=HttpResponder(info, lambda: self.accepting),
+                max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
+                max_queue=16,
+                compression="deflate",
+                server_header=None,
+            )
+        except BaseException:
+            # The store's threads would otherwise keep the process alive.
+            await self.writer.close()
+            self.verifier.close()
+            await self.store.close()
+            raise
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
@@ -72,15 +81,22 @@ class RelayServer:
             # Stop listening only: websockets' close() runs once, so connections close below.
             self._server.server.close()
         await self.writer.close()
-        flushes = [asyncio.create_task(c.outbox.drained()) for c in self.connections]
-        if flushes:
-            await asyncio.wait(flushes, timeout=SHUTDOWN_FLUSH_SECONDS)
+        await self._settle_connections()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
         self.verifier.close()
         await self.store.close()
         log.info("stopped")
+
+    async def _settle_connections(self) -> None:
+        """Answer every frame already received (refused now: accepting is False) and send
+        the answers before the close frame; a frame read after it could not be answered."""
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        while time.monotonic() < deadline:
+            if all(c.settled(SHUTDOWN_QUIET_SECONDS) for c in self.connections):
+                return
+            await asyncio.sleep(0.01)
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)

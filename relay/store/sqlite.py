@@ -17,7 +17,7 @@ from typing import TypeVar
 import aiosqlite
 
 from relay.core.canonical import loads
-from relay.core.event import Event, event_from_raw, newer
+from relay.core.event import HEX64, Event, event_from_raw, newer
 from relay.core.filters import Filter
 from relay.store import rules, sql
 from relay.store.base import SaveOutcome
@@ -53,6 +53,11 @@ class SqliteStore:
         self._all_readers: list[aiosqlite.Connection] = []
 
     async def open(self) -> None:
+        try:
+            # Fail here, naming the file, before aiosqlite starts a thread for it.
+            await asyncio.to_thread(lambda: sqlite3.connect(self.path).close())
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open database {self.path}: {exc}") from exc
         writer = await aiosqlite.connect(self.path, isolation_level=None)
         await writer.execute("PRAGMA journal_mode = WAL")
         # FULL syncs the WAL at each commit: an acknowledged event survives power loss,
@@ -198,10 +203,9 @@ def _replace_address(
 def _apply_deletion(db: sqlite3.Connection, deletion: Event, pubkey: bytes) -> None:
     targets = rules.deletion_targets(deletion)
     for target in targets.ids:
-        try:
-            target_id = bytes.fromhex(target)
-        except ValueError:
-            continue
+        if not HEX64.fullmatch(target):
+            continue  # not an event id; bytes.fromhex would also take "AB" or "a b"
+        target_id = bytes.fromhex(target)
         rows = db.execute(
             "SELECT seq FROM events WHERE id = ? AND pubkey = ? AND kind != ?",
             (target_id, pubkey, rules.DELETION_KIND),

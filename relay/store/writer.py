@@ -76,7 +76,12 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self._until_purge())
+            except TimeoutError:
+                # An idle relay purges too: expired events must not outlive their time.
+                await self._maybe_purge()
+                continue
             if first is None:
                 return
             batch, stop = self._take_batch(first)
@@ -99,6 +104,11 @@ class Writer:
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+
+    def _until_purge(self) -> float | None:
+        if self.purge_interval <= 0:
+            return None
+        return max(self._next_purge - self.clock(), 0.0)
 
     async def _maybe_purge(self) -> None:
         now = self.clock()
