@@ -27,6 +27,7 @@ log = logging.getLogger("relay.connection")
 # EVENTs one connection may have waiting for their OK before the relay stops reading it.
 MAX_EVENTS_IN_FLIGHT = 256
 BINARY_NOTICE = messages.notice("invalid: binary frames are not supported, send JSON as text")
+INTERNAL_ERROR_NOTICE = messages.notice("error: the relay failed on this message")
 
 
 class ClientConnection:
@@ -79,6 +80,11 @@ class ClientConnection:
         except MessageError as error:
             self._refuse(error)
             return
+        except Exception:
+            # Our own bug: the client hears about it and the connection goes on.
+            log.exception("could not parse a frame from %s", self.peer)
+            self.send(INTERNAL_ERROR_NOTICE)
+            return
         if isinstance(message, EventMessage):
             await self._accept_event(message.event)
         elif isinstance(message, ReqMessage):
@@ -102,7 +108,12 @@ class ClientConnection:
         task.add_done_callback(self._in_flight.discard)
 
     async def _ingest(self, event: Event) -> None:
-        accepted, reason = await self.relay.ingest(event)
+        try:
+            accepted, reason = await self.relay.ingest(event)
+        except Exception:
+            # Every EVENT gets its OK, even when our own code fails on it.
+            log.exception("could not ingest %s from %s", event.id, self.peer)
+            accepted, reason = False, "error: the relay failed on this event, try again later"
         self.send(messages.ok(event.id, accepted, reason))
 
     def _open(self, req: ReqMessage) -> None:
