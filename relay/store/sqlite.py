@@ -54,11 +54,14 @@ class SqliteStore:
 
     async def open(self) -> None:
         try:
-            # Fail here, naming the file, before aiosqlite starts a thread for it.
-            await asyncio.to_thread(lambda: sqlite3.connect(self.path).close())
+            await self._connect()
         except sqlite3.Error as exc:
+            # Close what did open: its aiosqlite thread would keep the process alive.
+            await self.close()
             raise OSError(f"cannot open database {self.path}: {exc}") from exc
-        writer = await aiosqlite.connect(self.path, isolation_level=None)
+
+    async def _connect(self) -> None:
+        self._writer = writer = await aiosqlite.connect(self.path, isolation_level=None)
         await writer.execute("PRAGMA journal_mode = WAL")
         # FULL syncs the WAL at each commit: an acknowledged event survives power loss,
         # not only a killed process. Group commit keeps that affordable.
@@ -66,12 +69,11 @@ class SqliteStore:
         await writer.execute("PRAGMA busy_timeout = 5000")
         await writer.executescript(load_schema())
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._writer = writer
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
             reader = await aiosqlite.connect(read_only_uri, uri=True, isolation_level=None)
-            await reader.execute("PRAGMA busy_timeout = 5000")
             self._all_readers.append(reader)
+            await reader.execute("PRAGMA busy_timeout = 5000")
             self._readers.put_nowait(reader)
 
     async def close(self) -> None:
