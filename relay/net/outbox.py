@@ -19,9 +19,8 @@ class Outbox:
         self.on_overflow = on_overflow
         self.queued_bytes = 0
         self._frames: deque[bytes] = deque()
+        # Set from a put until every frame queued is handed to the socket.
         self._ready = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
         self.closed = False
 
     def put(self, frame: bytes) -> None:
@@ -38,7 +37,6 @@ class Outbox:
         self._frames.append(frame)
         self.queued_bytes += len(frame)
         self._ready.set()
-        self._empty.clear()
 
     async def run(self) -> None:
         try:
@@ -49,18 +47,12 @@ class Outbox:
                     self.queued_bytes -= len(frame)
                     await self.ws.send(frame, text=True)
                 self._ready.clear()
-                self._empty.set()
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
-            self._empty.set()
 
     @property
     def idle(self) -> bool:
         """Nothing queued or being sent (or nothing can be sent any more)."""
-        return self.closed or self._empty.is_set()
-
-    async def drained(self) -> None:
-        """Wait until every queued frame has been handed to the socket."""
-        await self._empty.wait()
+        return self.closed or not self._ready.is_set()
