@@ -21,6 +21,7 @@ from relay.store.sqlite import SqliteStore
 from tests.nostr import Client, Keys
 
 RelayFactory = Callable[..., Awaitable[RelayServer]]
+START_WITHIN = 15.0  # seconds a relay process may take to listen
 
 
 @pytest.fixture
@@ -50,6 +51,15 @@ async def relay(start_relay: RelayFactory) -> RelayServer:
 
 def url_of(relay: RelayServer) -> str:
     return f"ws://127.0.0.1:{relay.port}"
+
+
+async def fetch_by_ids(url: str, *ids: str) -> list[dict[str, Any]]:
+    """The events with these ids that the relay serves to a fresh connection of our client."""
+    client = await Client.connect(url)
+    try:
+        return await client.req("check", {"ids": list(ids), "limit": len(ids)})
+    finally:
+        await client.close()
 
 
 @pytest.fixture
@@ -85,31 +95,12 @@ class RelayProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "relay",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--db",
-                str(self.db),
-            ],
+            relay_command("--host", "127.0.0.1", "--port", str(self.port), "--db", str(self.db)),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited: {self.stderr()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("relay did not start listening")
+        wait_listening(self.proc, "127.0.0.1", self.port)
 
     def stderr(self) -> str:
         if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
@@ -125,6 +116,30 @@ class RelayProcess:
         assert self.proc is not None
         self.proc.terminate()
         return self.proc.wait(timeout)
+
+
+def relay_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay", *args]
+
+
+def is_listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int) -> None:
+    deadline = time.monotonic() + START_WITHIN
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"relay exited with {proc.returncode}: {stderr}")
+        if is_listening(host, port):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"relay did not listen on {host}:{port}")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import time
 import urllib.request
@@ -25,12 +24,18 @@ from websockets.exceptions import ConnectionClosed
 from relay import __version__
 from relay.config import ConfigError, Settings, load
 from relay.store.sqlite import SCHEMA_VERSION
-from tests.conftest import RelayProcess, free_port
+from tests.conftest import (
+    RelayProcess,
+    fetch_by_ids,
+    free_port,
+    is_listening,
+    relay_command,
+    wait_listening,
+)
 from tests.nostr import Client, Keys
 
 ProcessFactory = Callable[..., RelayProcess]
 EXIT_WITHIN = 15.0  # seconds a stopping relay may take to exit
-START_WITHIN = 15.0
 
 
 @pytest.fixture(autouse=True)
@@ -44,32 +49,8 @@ def no_relay_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # Processes started with arbitrary arguments (the relay_process fixture fixes them).
 
 
-def relay_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "relay", *args]
-
-
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, **(extra or {})}
-
-
-def is_listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int) -> None:
-    deadline = time.monotonic() + START_WITHIN
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise AssertionError(f"relay exited with {proc.returncode}: {stderr}")
-        if is_listening(host, port):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"relay did not listen on {host}:{port}")
 
 
 def stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
@@ -177,12 +158,7 @@ async def frames_until_closed(client: Client) -> list[Any]:
 
 
 async def query_ids(url: str, ids: list[str]) -> set[str]:
-    client = await Client.connect(url)
-    try:
-        found = await client.req("check", {"ids": ids, "limit": len(ids)})
-    finally:
-        await client.close()
-    return {e["id"] for e in found}
+    return {e["id"] for e in await fetch_by_ids(url, *ids)}
 
 
 def winner(versions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -573,6 +549,17 @@ def test_unopenable_database_exits_with_a_readable_error(tmp_path: Path) -> None
     assert result.returncode != 0
     assert str(tmp_path) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_file_that_is_not_a_database_exits_with_a_readable_error(tmp_path: Path) -> None:
+    # SQLite opens any file lazily; this one fails at the first statement, on its thread.
+    db = write(tmp_path / "notes.txt", "not a database\n" * 500)
+    result = run_relay("--port", "0", "--db", str(db), cwd=tmp_path)
+    assert result.returncode != 0
+    assert str(db) in result.stderr
+    assert "not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert db.read_text(encoding="utf-8") == "not a database\n" * 500
 
 
 def test_port_in_use_exits_with_a_readable_error(tmp_path: Path) -> None:

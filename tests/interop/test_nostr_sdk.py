@@ -18,8 +18,7 @@ import nostr_sdk as sdk
 import pytest
 
 from relay.net.server import RelayServer
-from tests.conftest import url_of
-from tests.nostr import Client
+from tests.conftest import fetch_by_ids, url_of
 
 T = TypeVar("T")
 STEP = 10.0  # seconds, bound on any single wait
@@ -75,15 +74,6 @@ def unique_topic() -> str:
     return f"sdk{time.time_ns()}"
 
 
-async def stored(relay: RelayServer, *ids: str) -> list[dict[str, Any]]:
-    """The events with these ids the relay returns to our own client."""
-    client = await Client.connect(url_of(relay))
-    try:
-        return await client.req("check", {"ids": list(ids)})
-    finally:
-        await client.close()
-
-
 async def relay_messages(stream: Any, until: Callable[[Any], bool]) -> list[Any]:
     """Relay messages from a notification stream, up to and including the first `until`."""
     seen: list[Any] = []
@@ -119,7 +109,7 @@ async def test_published_event_is_accepted_and_stored(
     assert output.id.to_hex() == event.id().to_hex()
     assert dict(output.failed) == {}
     assert [str(u) for u in output.success] == [str(relay_url)]
-    assert await stored(relay, event.id().to_hex()) == [as_dict(event)]
+    assert await fetch_by_ids(url_of(relay), event.id().to_hex()) == [as_dict(event)]
 
 
 async def test_subscription_gets_stored_event_then_eose(
@@ -173,7 +163,7 @@ async def test_live_event_from_another_client_arrives_after_eose(
     after = await relay_messages(notifications, is_live_event)
     assert frames_for(after, "live") == [["EVENT", "live", as_dict(event)]]
     await bounded(reader.unsubscribe("live"), "unsubscribe")
-    assert await stored(relay, event.id().to_hex()) == [as_dict(event)]
+    assert await fetch_by_ids(url_of(relay), event.id().to_hex()) == [as_dict(event)]
 
 
 async def test_future_event_is_rejected_with_the_relays_reason(
@@ -186,7 +176,7 @@ async def test_future_event_is_rejected_with_the_relays_reason(
     assert {str(u): reason for u, reason in output.failed.items()} == {
         str(relay_url): "invalid: created_at is too far in the future"
     }
-    assert await stored(relay, event.id().to_hex()) == []
+    assert await fetch_by_ids(url_of(relay), event.id().to_hex()) == []
 
 
 async def test_bad_signature_is_rejected_with_the_relays_reason(
@@ -221,4 +211,4 @@ async def test_bad_signature_is_rejected_with_the_relays_reason(
         False,
         "invalid: bad signature",
     ]
-    assert await stored(relay, signed["id"]) == []
+    assert await fetch_by_ids(url_of(relay), signed["id"]) == []

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from relay.net.server import RelayServer
-from tests.conftest import url_of
-from tests.nostr import Client
+from tests.conftest import fetch_by_ids, url_of
 
 JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "interop.mjs"
@@ -134,15 +133,6 @@ async def run(node: str, relay: RelayServer) -> Run:
     return await run_script(node, url_of(relay))
 
 
-async def stored(relay: RelayServer, *ids: str) -> list[dict[str, Any]]:
-    """The events with these ids the relay returns to our own client."""
-    client = await Client.connect(url_of(relay))
-    try:
-        return await client.req("check", {"ids": list(ids)})
-    finally:
-        await client.close()
-
-
 async def test_every_check_passes(run: Run) -> None:
     assert sorted(run.results) == sorted(CHECKS), run.stderr
     failed = {name: r for name, r in run.results.items() if not r["ok"]}
@@ -154,7 +144,7 @@ async def test_published_event_is_accepted_and_stored(run: Run, relay: RelayServ
     result = run["publish"]
     assert (result["accepted"], result["reason"]) == (True, ""), run.explain("publish")
     event = result["event"]
-    assert await stored(relay, event["id"]) == [event]
+    assert await fetch_by_ids(url_of(relay), event["id"]) == [event]
 
 
 async def test_subscription_gets_stored_event_then_eose(run: Run) -> None:
@@ -173,7 +163,7 @@ async def test_live_event_from_another_connection_arrives_after_eose(
     live = result["event"]
     assert live["pubkey"] != run["publish"]["event"]["pubkey"]
     assert result["after_eose"] == [live], run.explain("live_after_eose")
-    assert await stored(relay, live["id"]) == [live]
+    assert await fetch_by_ids(url_of(relay), live["id"]) == [live]
 
 
 @pytest.mark.parametrize(
@@ -200,4 +190,4 @@ async def test_rejected_events_are_neither_stored_nor_broadcast(
         run["publish"]["event"]["id"],
         run["live_after_eose"]["event"]["id"],
     ], run.explain("rejected_not_stored")
-    assert await stored(relay, *result["queried_ids"]) == []
+    assert await fetch_by_ids(url_of(relay), *result["queried_ids"]) == []
