@@ -32,6 +32,7 @@ class Settings:
     port: int = 7447
     log_level: str = "INFO"
     max_outbox_bytes: int = 8 * 1024 * 1024
+    compression: str = "deflate"
     # storage
     db: str = "./relay.sqlite"
     readers: int = 2
@@ -116,6 +117,8 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
 def validate(settings: Settings) -> Settings:
     if settings.pubkey and not re.fullmatch(r"[0-9a-f]{64}", settings.pubkey):
         raise ConfigError("pubkey must be 64 lowercase hex characters")
+    if settings.compression not in ("deflate", "none"):
+        raise ConfigError("compression must be deflate or none")
     if settings.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("synchronous must be FULL, EXTRA or NORMAL")
     if not 0 <= settings.port <= 65535:
