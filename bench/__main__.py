@@ -1,0 +1,379 @@
+"""`python -m bench [--quick]`: run every measurement and print the table (bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from bench.data import ingest_events
+from bench.load import (
+    Elsewhere,
+    FanoutResult,
+    fanout,
+    idle_connections,
+    ingest,
+    queries,
+    run_elsewhere,
+)
+from bench.relays import (
+    LocalRelay,
+    NostrRelay,
+    PyRelay,
+    RelayUnderTest,
+    process_cpu_seconds,
+    resident_bytes,
+)
+from bench.report import Table
+from bench.stores import Dataset, query_shapes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    runs: int
+    dataset: int
+    ingest_events: int
+    ingest_seconds: float
+    connections: int
+    window: int
+    queries: int
+    subscribers: int
+    nonmatching: int
+    fanout_rounds: int
+    stream_seconds: float
+    idle_connections: int
+
+
+FULL = Sizes(
+    runs=3,
+    dataset=1_000_000,
+    ingest_events=100_000,
+    ingest_seconds=8.0,
+    connections=50,
+    window=8,
+    queries=100,
+    subscribers=1000,
+    nonmatching=10,
+    fanout_rounds=100,
+    stream_seconds=5.0,
+    idle_connections=5000,
+)
+QUICK = Sizes(
+    runs=1,
+    dataset=5_000,
+    ingest_events=2_000,
+    ingest_seconds=3.0,
+    connections=10,
+    window=4,
+    queries=10,
+    subscribers=50,
+    nonmatching=2,
+    fanout_rounds=10,
+    stream_seconds=1.0,
+    idle_connections=200,
+)
+
+
+T = TypeVar("T")
+SECTIONS = ("fresh", "stored", "fanout", "memory")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Bench:
+    def __init__(
+        self, sizes: Sizes, relays: list[type[RelayUnderTest]], workdir: Path, sections: set[str]
+    ) -> None:
+        self.sizes = sizes
+        self.sections = sections
+        self.relays = relays
+        self.workdir = workdir
+        self.table = Table([r.name for r in relays])
+        self.workers = os.cpu_count() or 2
+
+    def run(self) -> Table:
+        sizes = self.sizes
+        log(f"signing {sizes.ingest_events:,} ingest events and the fan-out events")
+        events = ingest_events(sizes.ingest_events, self.workers)
+        fan_events = ingest_events(sizes.fanout_rounds * 40, self.workers, namespace="fanout")
+        dataset = Dataset(sizes.dataset)
+        log(
+            f"preparing the {sizes.dataset:,}-event dataset (cached in {dataset.pyrelay_db.parent})"
+        )
+        dataset.build(self.workers, log)
+        shapes = query_shapes(dataset.samples(), sizes.queries + 2)
+        for relay_class in self.relays:
+            if "fresh" in self.sections:
+                self.ingest_fresh(relay_class, events)
+            if "stored" in self.sections:
+                self.ingest_and_query_at_size(relay_class, dataset, events, shapes)
+        if "fanout" in self.sections:
+            self.fanout(fan_events)
+        if "memory" in self.sections:
+            self.idle_memory()
+        return self.table
+
+    def _run_relay(
+        self,
+        relay_class: type[RelayUnderTest],
+        db: Path,
+        work: Callable[[RelayUnderTest], T],
+        env: dict[str, str] | None = None,
+    ) -> T:
+        relay = relay_class(self.workdir, env)
+        relay.start(db)
+        try:
+            return work(relay)
+        finally:
+            relay.stop()
+
+    def _ingest(self, relay: RelayUnderTest, events: list[bytes]) -> dict[str, float]:
+        cpu_before = process_cpu_seconds(relay.pid)
+        s = self.sizes
+        result = run_elsewhere(
+            ingest, relay.port, events, s.connections, s.window, s.ingest_seconds
+        )
+        server_cpu = process_cpu_seconds(relay.pid) - cpu_before
+        if result.refusals:
+            log(f"  {relay.name} refused {result.refused}: {result.refusals[:2]}")
+        answered = max(1, result.accepted + result.refused)
+        return {
+            "rate": result.rate,
+            "server_cpu_us": server_cpu / answered * 1e6,
+            "generator_cpu": result.generator_cpu / result.seconds,
+        }
+
+    def ingest_fresh(self, relay_class: type[RelayUnderTest], events: list[bytes]) -> None:
+        runs: list[dict[str, float]] = []
+        for run in range(self.sizes.runs):
+            db = self.workdir / f"fresh-{relay_class.name}-{run}.sqlite"
+
+            def work(relay: RelayUnderTest) -> None:
+                runs.append(self._ingest(relay, events))
+
+            self._run_relay(relay_class, db, work)
+            _remove_db(db)
+            log(f"{relay_class.name} ingest fresh run {run + 1}: {runs[-1]['rate']:,.0f} ev/s")
+        name = relay_class.name
+        self.table.put("ingest, fresh DB (events/s)", name, median([r["rate"] for r in runs]))
+        self.table.put(
+            "  server CPU per event, fresh (us)", name, median([r["server_cpu_us"] for r in runs])
+        )
+        self.table.put(
+            "  load generator CPU (share of one core)",
+            name,
+            median([r["generator_cpu"] for r in runs]),
+        )
+
+    def ingest_and_query_at_size(
+        self,
+        relay_class: type[RelayUnderTest],
+        dataset: Dataset,
+        events: list[bytes],
+        shapes: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        name = relay_class.name
+        size = f"{dataset.size:,}"
+        if relay_class is LocalRelay:
+            return  # in memory only: it cannot open the stored dataset
+        if relay_class is NostrRelay:
+            log("preparing nostr-relay's copy of the dataset")
+            dataset.build_nostr_relay_db(self.workdir)
+        runs: list[dict[str, float]] = []
+        latencies: dict[str, list[float]] = {shape: [] for shape in shapes}
+        p50s: dict[str, list[float]] = {shape: [] for shape in shapes}
+        p99s: dict[str, list[float]] = {shape: [] for shape in shapes}
+        found: dict[str, int] = {}
+        for run in range(self.sizes.runs):
+            db = self.workdir / f"dataset-{name}-{run}.sqlite"
+            if relay_class is NostrRelay:
+                dataset.copy_nostr_relay_db(db)
+            else:
+                dataset.copy_pyrelay_db(db)
+
+            def work(relay: RelayUnderTest) -> None:
+                result = run_elsewhere(queries, relay.port, shapes, 2)
+                if result.errors:
+                    log(f"  {name} query errors: {result.errors[:3]}")
+                for shape, values in result.latencies.items():
+                    latencies[shape].extend(values)
+                    p50s[shape].append(percentile(values, 0.5))
+                    p99s[shape].append(percentile(values, 0.99))
+                    found[shape] = result.events[shape] // max(1, len(values))
+                runs.append(self._ingest(relay, events))
+
+            self._run_relay(relay_class, db, work)
+            _remove_db(db)
+            log(f"{name} at {size}: ingest run {run + 1}: {runs[-1]['rate']:,.0f} ev/s")
+        self.table.put(
+            f"ingest, DB holding {size} (events/s)", name, median([r["rate"] for r in runs])
+        )
+        self.table.put(
+            f"  server CPU per event, {size} (us)", name, median([r["server_cpu_us"] for r in runs])
+        )
+        for shape in shapes:
+            self.table.put(f"query {shape}: p50 (ms)", name, median(p50s[shape]) * 1e3)
+            self.table.put(f"query {shape}: p99 (ms)", name, median(p99s[shape]) * 1e3)
+            self.table.note(f"query {shape}: p50 (ms)", name, f"{found.get(shape, 0)} ev")
+
+    def fanout(self, events: list[bytes]) -> None:
+        s = self.sizes
+        nonmatching = [{"authors": [f"{n:064x}"]} for n in range(s.nonmatching)]
+        for label, extra in (("", []), (f", +{s.nonmatching} non-matching subs each", nonmatching)):
+            p50s, p99s, rates = [], [], []
+            for run in range(s.runs):
+                db = self.workdir / f"fanout-{run}.sqlite"
+                half = len(events) // 2
+                batch = events[:half] if not extra else events[half:]
+
+                result = self._run_relay(
+                    PyRelay, db, functools.partial(self._fanout_once, extra=extra, events=batch)
+                )
+                _remove_db(db)
+                p50s.append(percentile(result.latencies, 0.5))
+                p99s.append(percentile(result.latencies, 0.99))
+                rates.append(result.delivered_per_second)
+                if result.missing:
+                    log(f"  fan-out: {result.missing} rounds timed out")
+            subs = f"{s.subscribers:,} subscribers{label}"
+            self.table.put(f"fan-out to {subs}: p50 (ms)", PyRelay.name, median(p50s) * 1e3)
+            self.table.put(f"fan-out to {subs}: p99 (ms)", PyRelay.name, median(p99s) * 1e3)
+            log(f"fan-out{label}: p50 {median(p50s) * 1e3:.1f} ms")
+            if not extra:
+                self.table.put(
+                    f"fan-out stream to {s.subscribers:,} (deliveries/s)",
+                    PyRelay.name,
+                    median(rates),
+                )
+
+    def idle_memory(self) -> None:
+        s = self.sizes
+        variants = [
+            (False, {}, "no compression offered"),
+            (True, {}, "clients offering deflate"),
+            (True, {"RELAY_COMPRESSION": "none"}, "clients offering deflate, compression = none"),
+        ]
+        for offer_deflate, env, client in variants:
+            per_connection = []
+            for run in range(s.runs):
+                db = self.workdir / f"idle-{run}.sqlite"
+
+                work = functools.partial(self._idle_once, offer_deflate=offer_deflate)
+                per_connection.append(self._run_relay(PyRelay, db, work, env))
+                _remove_db(db)
+            self.table.put(
+                f"memory per idle connection, {s.idle_connections:,} open, {client} (KiB)",
+                PyRelay.name,
+                median(per_connection) / 1024,
+            )
+
+    def _fanout_once(
+        self, relay: RelayUnderTest, extra: list[dict[str, Any]], events: list[bytes]
+    ) -> FanoutResult:
+        s = self.sizes
+        result: FanoutResult = run_elsewhere(
+            fanout,
+            relay.port,
+            s.subscribers,
+            {"kinds": [1]},
+            extra,
+            events,
+            s.fanout_rounds,
+            s.stream_seconds,
+        )
+        return result
+
+    def _idle_once(self, relay: RelayUnderTest, offer_deflate: bool) -> float:
+        """Resident bytes the relay gains per idle connection."""
+        time.sleep(0.5)
+        before = resident_bytes(relay.pid)
+        holder = Elsewhere(idle_connections, relay.port, self.sizes.idle_connections, offer_deflate)
+        opened: int = holder.message()
+        time.sleep(1.0)
+        during = resident_bytes(relay.pid)
+        holder.send("close")
+        holder.result()
+        return (during - before) / opened
+
+
+def _remove_db(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one run: a smoke test of the bench itself"
+    )
+    parser.add_argument("--only-pyrelay", action="store_true", help="skip the baselines")
+    parser.add_argument("--runs", type=int, help="repetitions of each measurement")
+    parser.add_argument("--dataset", type=int, help="events in the stored dataset")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this part (repeatable): fresh = ingest on an empty DB, stored ="
+        " ingest and queries on the dataset, fanout, memory",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.runs:
+        sizes = Sizes(**{**vars(sizes), "runs": args.runs})
+    if args.dataset:
+        sizes = Sizes(**{**vars(sizes), "dataset": args.dataset})
+    wanted = [PyRelay] if args.only_pyrelay else [PyRelay, NostrRelay, LocalRelay]
+    relays = [r for r in wanted if r.available()]
+    missing = [r.name for r in wanted if not r.available()]
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="pyrelay-bench-"))
+    try:
+        table = Bench(sizes, relays, workdir, set(args.only or SECTIONS)).run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.only_pyrelay:
+        table.remark("baselines skipped (--only-pyrelay)")
+    for name in missing:
+        table.remark(f"{name}: not installed, baselines skipped for it (pip install '.[bench]')")
+    table.remark(
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {sizes.runs} run(s), medians;"
+        f" `python -m bench{' --quick' if args.quick else ''}` took"
+        f" {time.monotonic() - started:.0f} s"
+    )
+    print(table.markdown())
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(table.as_dict(), option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

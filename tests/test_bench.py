@@ -1,0 +1,56 @@
+"""The benchmark keeps working: `python -m bench --quick` against our relay prints its table.
+
+No figure is asserted (speed is measured by the bench, never by tests): only that every
+measurement ran and produced a number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_ROWS = [
+    "ingest, fresh DB (events/s)",
+    "server CPU per event, fresh (us)",
+    "load generator CPU (share of one core)",
+    "ingest, DB holding 5,000 (events/s)",
+    "query by id: p50 (ms)",
+    "query author latest 100: p99 (ms)",
+    "query 10 authors kind-1 latest 500: p50 (ms)",
+    "query #e thread, 100: p50 (ms)",
+    "query #p mentions, 100: p50 (ms)",
+    "query kind 1 in 1-hour window: p99 (ms)",
+    "fan-out to 50 subscribers: p50 (ms)",
+    "fan-out to 50 subscribers, +2 non-matching subs each: p50 (ms)",
+    "fan-out stream to 50 (deliveries/s)",
+    "memory per idle connection, 200 open, no compression offered (KiB)",
+    "memory per idle connection, 200 open, clients offering deflate (KiB)",
+    "memory per idle connection, 200 open, clients offering deflate, compression = none (KiB)",
+]
+
+
+def test_quick_bench_prints_a_number_for_every_measure(tmp_path: Path) -> None:
+    env = {**os.environ, "BENCH_CACHE": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only-pyrelay"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2:
+            rows[cells[0]] = cells[1]
+    for row in EXPECTED_ROWS:
+        assert row in rows, f"missing row {row!r} in:\n{result.stdout}"
+        assert re.match(r"[\d,.]+", rows[row]), f"{row}: {rows[row]!r}"
+    assert "baselines skipped" in result.stdout
