@@ -68,6 +68,7 @@ class Settings:
     # Kinds 4, 13, 14, 15, 1059 go only to their authenticated author or `p` recipient.
     dm_privacy: bool = True
     count_enabled: bool = True
+    search_enabled: bool = True
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""

@@ -294,8 +294,8 @@ BAD_REQS = [
         id="tag-no-name",
     ),
     pytest.param(
-        ["REQ", "s", {"search": "nostr"}],
-        "unsupported: search is not supported by this relay",
+        ["REQ", "s", {"search": ["nostr"]}],
+        "invalid: search must be a string",
         id="search",
     ),
     pytest.param(

@@ -269,9 +269,9 @@ def test_req_bad_filter_field_is_closed() -> None:
     assert error.reason == "invalid: ids must hold 64 lowercase hex characters"
 
 
-def test_req_search_is_closed_as_unsupported() -> None:
-    error = refused(frame(["REQ", "s", {}, {"search": "nostr"}]))
-    assert (error.prefix, error.event_id, error.sub_id) == ("unsupported", None, "s")
+def test_req_with_a_bad_search_is_closed() -> None:
+    error = refused(frame(["REQ", "s", {}, {"search": 7}]))
+    assert (error.prefix, error.event_id, error.sub_id) == ("invalid", None, "s")
 
 
 # --- CLOSE ----------------------------------------------------------------------------

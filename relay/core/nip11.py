@@ -22,13 +22,15 @@ class RelayInfo:
     icon: str = ""
 
 
-def optional_nips(auth: AuthPolicy, *, count: bool) -> tuple[int, ...]:
+def optional_nips(auth: AuthPolicy, *, count: bool, search: bool = False) -> tuple[int, ...]:
     """The optional NIPs that are switched on: 42 and 70 go with auth."""
     nips = []
     if auth.enabled:
         nips += [42, 70]
     if count:
         nips.append(45)
+    if search:
+        nips.append(50)
     return tuple(nips)
 
 

@@ -14,7 +14,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import auth, messages
-from relay.core.errors import AuthRequired, ClientError, MessageError, ReqRefused
+from relay.core.errors import AuthRequired, ClientError, MessageError, ReqRefused, Unsupported
 from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter
 from relay.core.messages import AuthMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
@@ -187,6 +187,9 @@ class ClientConnection:
 
     def _check_read(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         try:
+            searching = any(f.search is not None for f in filters)
+            if searching and not self.relay.settings.search_enabled:
+                raise Unsupported("search is not enabled on this relay")
             auth.check_read(filters, self.session.auth, self.relay.auth)
         except ClientError as error:
             raise ReqRefused.wrap(error, sub_id=sub_id) from None

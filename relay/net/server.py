@@ -60,7 +60,9 @@ class RelayServer:
             settings.info,
             settings.limits,
             self.auth,
-            nip11.optional_nips(self.auth, count=settings.count_enabled),
+            nip11.optional_nips(
+                self.auth, count=settings.count_enabled, search=settings.search_enabled
+            ),
         )
         try:
             self._server = await serve(

@@ -22,8 +22,19 @@ from relay.core.filters import Filter
 from relay.store import rules, sql
 from relay.store.base import SaveOutcome
 
-SCHEMA_VERSION = 1
+# 2: events_fts (NIP-50 search), filled from the events on the first open.
+SCHEMA_VERSION = 2
 T = TypeVar("T")
+
+
+# Version 1 databases have events but no search index: index what they hold.
+FILL_SEARCH_INDEX = """
+BEGIN IMMEDIATE;
+DELETE FROM events_fts;
+INSERT INTO events_fts (rowid, content)
+    SELECT seq, json_extract(CAST(raw AS TEXT), '$.content') FROM events;
+COMMIT;
+"""
 
 
 def load_schema() -> str:
@@ -67,7 +78,12 @@ class SqliteStore:
         # not only a killed process. Group commit keeps that affordable.
         await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
         await writer.execute("PRAGMA busy_timeout = 5000")
+        async with writer.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
         await writer.executescript(load_schema())
+        if version < 2:
+            await writer.executescript(FILL_SEARCH_INDEX)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
