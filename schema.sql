@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS deleted_addresses (
     PRIMARY KEY (pubkey, kind, d_tag)
 ) WITHOUT ROWID;
 
+-- NIP-62 tombstones: events of this pubkey (and gift wraps to it) created at or before
+-- `until` were erased by a request to vanish and are refused when published again.
+CREATE TABLE IF NOT EXISTS vanished (
+    pubkey BLOB    PRIMARY KEY,
+    until  INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- NIP-50 search over content; rowid = events.seq. Triggers keep it in step with every
 -- insert and every delete (replacement, NIP-09, expiry purge, NIP-62 vanish).
 CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(

@@ -69,6 +69,7 @@ class Settings:
     dm_privacy: bool = True
     count_enabled: bool = True
     search_enabled: bool = True
+    vanish_enabled: bool = True
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""

@@ -35,7 +35,7 @@ PUBKEYS = [k.pubkey for k in KEYS]
 NOW = 1_700_000_000
 BASE = NOW - 100
 CREATED_AT = [BASE, BASE + 1, BASE + 2, BASE + 5]
-KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5]
+KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059]
 D_VALUES = ["", "a", "b"]
 # Contents and NIP-50 queries: case, punctuation and words shared between contents.
 CONTENTS = ["", "one", "two", "One two, three!", "two-one", "Ünïcode café"]

@@ -22,7 +22,9 @@ class RelayInfo:
     icon: str = ""
 
 
-def optional_nips(auth: AuthPolicy, *, count: bool, search: bool = False) -> tuple[int, ...]:
+def optional_nips(
+    auth: AuthPolicy, *, count: bool, search: bool = False, vanish: bool = False
+) -> tuple[int, ...]:
     """The optional NIPs that are switched on: 42 and 70 go with auth."""
     nips = []
     if auth.enabled:
@@ -31,6 +33,8 @@ def optional_nips(auth: AuthPolicy, *, count: bool, search: bool = False) -> tup
         nips.append(45)
     if search:
         nips.append(50)
+    if vanish:
+        nips.append(62)
     return tuple(nips)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from relay.config import Settings
-from relay.core import auth, nip11
+from relay.core import auth, nip11, vanish
 from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -61,7 +61,10 @@ class RelayServer:
             settings.limits,
             self.auth,
             nip11.optional_nips(
-                self.auth, count=settings.count_enabled, search=settings.search_enabled
+                self.auth,
+                count=settings.count_enabled,
+                search=settings.search_enabled,
+                vanish=settings.vanish_enabled,
             ),
         )
         try:
@@ -133,6 +136,7 @@ class RelayServer:
             return False, "error: the relay is shutting down"
         try:
             check_write(self.write_checks, event, int(time.time()))
+            vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
         except ClientError as error:
             return False, error.reason
         if not await self.verifier.verify(event):

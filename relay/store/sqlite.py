@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import aiosqlite
 
+from relay.core import vanish
 from relay.core.canonical import loads
 from relay.core.event import HEX64, Event, event_from_raw, newer
 from relay.core.filters import Filter
@@ -174,6 +175,10 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
         ).fetchone()
     ):
         return SaveOutcome.DELETED
+    if _vanished(db, event):
+        return SaveOutcome.VANISHED
+    if event.kind == vanish.VANISH_KIND:
+        _apply_vanish(db, event, pubkey)
     address = event.address
     d_tag = None
     if address is not None:
@@ -194,6 +199,44 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
     if event.kind == rules.DELETION_KIND:
         _apply_deletion(db, event, pubkey)
     return SaveOutcome.STORED
+
+
+def _vanished(db: sqlite3.Connection, event: Event) -> bool:
+    """Whether a stored request to vanish covers `event` (see vanish.erased_by)."""
+    pubkeys = {event.pubkey}
+    if event.kind == vanish.GIFT_WRAP_KIND:
+        pubkeys.update(
+            t[1] for t in event.tags if len(t) >= 2 and t[0] == "p" and HEX64.fullmatch(t[1])
+        )
+    vanished = {}
+    for key in pubkeys:
+        row = db.execute(
+            "SELECT until FROM vanished WHERE pubkey = ?", (bytes.fromhex(key),)
+        ).fetchone()
+        if row is not None:
+            vanished[key] = row[0]
+    return bool(vanished) and vanish.erased_by(event, vanished)
+
+
+def _apply_vanish(db: sqlite3.Connection, request: Event, pubkey: bytes) -> None:
+    """Erase the author's events and the gift wraps to them, up to the request (NIP-62)."""
+    until = request.created_at
+    own = db.execute(
+        "SELECT seq FROM events WHERE pubkey = ? AND created_at <= ?", (pubkey, until)
+    ).fetchall()
+    wraps = db.execute(
+        "SELECT e.seq FROM tags t JOIN events e ON e.seq = t.seq"
+        " WHERE t.name = 'p' AND t.value = ? AND e.kind = ? AND e.created_at <= ?",
+        (request.pubkey, vanish.GIFT_WRAP_KIND, until),
+    ).fetchall()
+    seqs = sorted({seq for (seq,) in own + wraps})
+    for start in range(0, len(seqs), 500):
+        _delete_seqs(db, seqs[start : start + 500])
+    db.execute(
+        "INSERT INTO vanished (pubkey, until) VALUES (?, ?)"
+        " ON CONFLICT (pubkey) DO UPDATE SET until = max(until, excluded.until)",
+        (pubkey, until),
+    )
 
 
 def _replace_address(
