@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -55,6 +55,20 @@ async def run_on_connection(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Co
     return await conn._execute(call)  # type: ignore[no-untyped-call, no-any-return]
 
 
+async def _connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    """aiosqlite.connect, but a failed connect waits for aiosqlite's thread to end.
+
+    On failure aiosqlite stops its thread without waiting for it; the thread then answers
+    a future on an event loop that may be closed by then (a traceback on exit).
+    """
+    connection = aiosqlite.connect(database, **kwargs)
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.to_thread(connection._thread.join, 5)
+        raise
+
+
 class SqliteStore:
     def __init__(self, path: str | Path, *, readers: int = 2, synchronous: str = "FULL") -> None:
         self.path = os.path.abspath(path)
@@ -73,7 +87,7 @@ class SqliteStore:
             raise OSError(f"cannot open database {self.path}: {exc}") from exc
 
     async def _connect(self) -> None:
-        self._writer = writer = await aiosqlite.connect(self.path, isolation_level=None)
+        self._writer = writer = await _connect(self.path, isolation_level=None)
         await writer.execute("PRAGMA journal_mode = WAL")
         # FULL syncs the WAL at each commit: an acknowledged event survives power loss,
         # not only a killed process. Group commit keeps that affordable.
@@ -88,7 +102,7 @@ class SqliteStore:
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
-            reader = await aiosqlite.connect(read_only_uri, uri=True, isolation_level=None)
+            reader = await _connect(read_only_uri, uri=True, isolation_level=None)
             self._all_readers.append(reader)
             await reader.execute("PRAGMA busy_timeout = 5000")
             self._readers.put_nowait(reader)
