@@ -160,6 +160,25 @@ async def test_a_version_1_database_gets_its_index_filled(tmp_path: Path) -> Non
     db.close()
 
 
+async def test_search_off_keeps_no_index_and_on_again_fills_it(tmp_path: Path) -> None:
+    path = tmp_path / "toggle.sqlite"
+    store = SqliteStore(path, search=False)
+    await store.open()
+    await store.save_many([note("written while search was off")], NOW)
+    await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM events_fts").fetchone() == (0,)
+    db.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert len(await store.query([query("written off")], NOW)) == 1
+        await store.save_many([note("written while search was on")], NOW)
+        assert len(await store.query([query("written")], NOW)) == 2
+    finally:
+        await store.close()
+
+
 # --- over the socket --------------------------------------------------------------------
 
 

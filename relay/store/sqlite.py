@@ -23,18 +23,25 @@ from relay.core.filters import Filter
 from relay.store import rules, sql
 from relay.store.base import SaveOutcome
 
-# 2: events_fts (NIP-50 search), filled from the events on the first open.
+# 2: events_fts (NIP-50 search), filled from the events when its triggers are created.
 SCHEMA_VERSION = 2
 T = TypeVar("T")
 
 
-# Version 1 databases have events but no search index: index what they hold.
+# A database whose search index was not kept (version 1, or opened with search off)
+# gets it filled from the events it holds.
 FILL_SEARCH_INDEX = """
 BEGIN IMMEDIATE;
 DELETE FROM events_fts;
 INSERT INTO events_fts (rowid, content)
     SELECT seq, json_extract(CAST(raw AS TEXT), '$.content') FROM events;
 COMMIT;
+"""
+# With search off the index is not kept: FTS5 triples the store's own cost of an insert.
+DROP_SEARCH_INDEX = """
+DROP TRIGGER IF EXISTS events_fts_insert;
+DROP TRIGGER IF EXISTS events_fts_delete;
+DELETE FROM events_fts;
 """
 
 
@@ -70,8 +77,11 @@ async def _connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, readers: int = 2, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, readers: int = 2, synchronous: str = "FULL", search: bool = True
+    ) -> None:
         self.path = os.path.abspath(path)
+        self.search = search
         self.reader_count = readers
         self.synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
@@ -93,11 +103,14 @@ class SqliteStore:
         # not only a killed process. Group commit keeps that affordable.
         await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
         await writer.execute("PRAGMA busy_timeout = 5000")
-        async with writer.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = row[0] if row else 0
+        async with writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'events_fts_insert'"
+        ) as cursor:
+            index_was_kept = await cursor.fetchone() is not None
         await writer.executescript(load_schema())
-        if version < 2:
+        if not self.search:
+            await writer.executescript(DROP_SEARCH_INDEX)
+        elif not index_was_kept:
             await writer.executescript(FILL_SEARCH_INDEX)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         read_only_uri = f"file:{self.path}?mode=ro"
