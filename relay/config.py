@@ -10,12 +10,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from relay.core.auth import AuthPolicy
+from relay.core.event import MAX_KIND
 from relay.core.limits import Limits
 from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage")
+SECTIONS = ("server", "info", "limits", "storage", "nips")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 DEFAULT_LIMITS = Limits()
@@ -55,6 +59,32 @@ class Settings:
     max_content_length: int = DEFAULT_LIMITS.max_content_length
     created_at_lower_limit: int = DEFAULT_LIMITS.created_at_lower_limit
     created_at_upper_limit: int = DEFAULT_LIMITS.created_at_upper_limit
+    # nips: optional protocol features, each advertised in NIP-11 exactly when on.
+    # The URL clients use for this relay (NIP-42, NIP-62); "" means ws://host:port/.
+    relay_url: str = ""
+    auth_enabled: bool = True
+    auth_required_for_writes: bool = False
+    auth_required_for_reads: bool = False
+    auth_required_kinds: tuple[int, ...] = ()
+    # Kinds 4, 13, 14, 15, 1059 go only to their authenticated author or `p` recipient.
+    dm_privacy: bool = True
+    count_enabled: bool = True
+    search_enabled: bool = True
+    vanish_enabled: bool = True
+
+    def public_url(self, port: int) -> str:
+        """relay_url, or the URL a client on this host reaches the listening port by."""
+        return self.relay_url or f"ws://{self.host}:{port}/"
+
+    def auth_policy(self, port: int) -> AuthPolicy:
+        return AuthPolicy(
+            enabled=self.auth_enabled,
+            relay_url=self.public_url(port),
+            required_for_writes=self.auth_required_for_writes,
+            required_for_reads=self.auth_required_for_reads,
+            required_kinds=frozenset(self.auth_required_kinds),
+            protect_dms=self.dm_privacy,
+        )
 
     @property
     def limits(self) -> Limits:
@@ -71,6 +101,10 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings
 
 def _convert(name: str, value: Any) -> Any:
     expected = FIELD_TYPES[name]
+    if expected is bool:
+        return _convert_bool(name, value)
+    if expected is tuple:
+        return _convert_kinds(name, value)
     if expected is int:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
@@ -80,6 +114,30 @@ def _convert(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, not {value!r}")
     return value
+
+
+def _convert_bool(name: str, value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _convert_kinds(name: str, value: Any) -> tuple[int, ...]:
+    """A list of kinds: a TOML array, or comma-separated numbers (environment, CLI)."""
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(v.isascii() and v.isdigit() for v in items):
+            raise ConfigError(f"{name} must be comma-separated kind numbers, not {value!r}")
+        items = [int(v) for v in items]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{name} must be a list of kinds, not {value!r}")
+    if not all(type(v) is int and 0 <= v <= MAX_KIND for v in items):
+        raise ConfigError(f"{name} must hold kinds from 0 to {MAX_KIND}")
+    return tuple(sorted(set(items)))
 
 
 def from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -127,6 +185,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
         )
+    if settings.relay_url and not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", settings.relay_url):
+        raise ConfigError("relay_url must be a ws:// or wss:// URL")
     for name in (
         "max_message_length",
         "max_subscriptions",
