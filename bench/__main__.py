@@ -168,17 +168,8 @@ class Bench:
         }
 
     def ingest_fresh(self, relay_class: type[RelayUnderTest], events: list[bytes]) -> None:
-        runs: list[dict[str, float]] = []
-        for run in range(self.sizes.runs):
-            db = self.workdir / f"fresh-{relay_class.name}-{run}.sqlite"
-
-            def work(relay: RelayUnderTest) -> None:
-                runs.append(self._ingest(relay, events))
-
-            self._run_relay(relay_class, db, work)
-            _remove_db(db)
-            log(f"{relay_class.name} ingest fresh run {run + 1}: {runs[-1]['rate']:,.0f} ev/s")
         name = relay_class.name
+        runs = self._ingest_runs(relay_class, events, {})
         self.table.put("ingest, fresh DB (events/s)", name, median([r["rate"] for r in runs]))
         self.table.put(
             "  server CPU per event, fresh (us)", name, median([r["server_cpu_us"] for r in runs])
@@ -188,6 +179,30 @@ class Bench:
             name,
             median([r["generator_cpu"] for r in runs]),
         )
+        if relay_class is PyRelay:
+            # NIP-50's FTS5 index is on by default and costs the writer most of its time.
+            runs = self._ingest_runs(relay_class, events, {"RELAY_SEARCH_ENABLED": "false"})
+            self.table.put(
+                "ingest, fresh DB, search_enabled = false (events/s)",
+                name,
+                median([r["rate"] for r in runs]),
+            )
+
+    def _ingest_runs(
+        self, relay_class: type[RelayUnderTest], events: list[bytes], env: dict[str, str]
+    ) -> list[dict[str, float]]:
+        runs = []
+        for run in range(self.sizes.runs):
+            db = self.workdir / f"fresh-{relay_class.name}-{run}.sqlite"
+            work = functools.partial(self._ingest, events=events)
+            runs.append(self._run_relay(relay_class, db, work, env))
+            _remove_db(db)
+            settings = " ".join(f"{k}={v}" for k, v in env.items())
+            log(
+                f"{relay_class.name} {settings} ingest fresh run {run + 1}:"
+                f" {runs[-1]['rate']:,.0f} ev/s"
+            )
+        return runs
 
     def ingest_and_query_at_size(
         self,
