@@ -1,0 +1,48 @@
+"""The SQLite planner uses the index meant for each common filter shape (EXPLAIN QUERY PLAN).
+
+Without statistics SQLite guesses, and a wrong guess costs seconds on a large store (bench/
+measured 1 s for 10 authors' latest kind-1 notes among 1,000,000 events).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+from relay.core.filters import parse_filter
+from relay.store import sql
+from relay.store.sqlite import load_schema
+
+AUTHOR = "a" * 64
+EVENT = "b" * 64
+
+
+def plan(filter_json: dict[str, Any]) -> str:
+    db = sqlite3.connect(":memory:")
+    db.executescript(load_schema())
+    statement, params = sql.select_events(parse_filter(filter_json), int(time.time()))
+    return " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement, params))
+
+
+@pytest.mark.parametrize(
+    ("filter_json", "index"),
+    [
+        # events_by_author or events_by_author_kind: either finds only these authors' rows.
+        ({"authors": [AUTHOR, "c" * 64], "kinds": [1], "limit": 500}, "events_by_author"),
+        ({"authors": [AUTHOR], "kinds": [1, 6], "limit": 100}, "events_by_author"),
+        ({"authors": [AUTHOR], "limit": 100}, "events_by_author"),
+        ({"ids": [EVENT], "kinds": [1]}, "sqlite_autoindex_events_1"),
+        ({"kinds": [1], "since": 1, "until": 2}, "events_by_kind"),
+        ({"#e": [EVENT], "limit": 100}, "tags_by_value"),
+    ],
+)
+def test_each_shape_searches_its_index(filter_json: dict[str, Any], index: str) -> None:
+    assert f"USING INDEX {index}" in plan(filter_json)
+
+
+def test_authors_with_kinds_do_not_walk_the_kind_index() -> None:
+    authors = [f"{n:064x}" for n in range(10)]
+    assert "events_by_kind" not in plan({"authors": authors, "kinds": [1], "limit": 500})
