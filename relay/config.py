@@ -15,7 +15,9 @@ from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage")
+SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy")
+# Element type of each list-valued setting (str unless named here).
+LIST_ITEM_TYPES: dict[str, type] = {"kind_allowlist": int, "kind_denylist": int}
 
 
 DEFAULT_LIMITS = Limits()
@@ -32,6 +34,11 @@ class Settings:
     port: int = 7447
     log_level: str = "INFO"
     max_outbox_bytes: int = 8 * 1024 * 1024
+    # Seconds between WebSocket pings and to wait for the pong (0: no pings).
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # Seconds a REQ's stored-event query may run before it is interrupted.
+    query_timeout: float = 10.0
     # storage
     db: str = "./relay.sqlite"
     readers: int = 2
@@ -54,6 +61,33 @@ class Settings:
     max_content_length: int = DEFAULT_LIMITS.max_content_length
     created_at_lower_limit: int = DEFAULT_LIMITS.created_at_lower_limit
     created_at_upper_limit: int = DEFAULT_LIMITS.created_at_upper_limit
+    max_event_size: int = DEFAULT_LIMITS.max_event_size
+    max_tag_value_length: int = DEFAULT_LIMITS.max_tag_value_length
+    max_filter_values: int = DEFAULT_LIMITS.max_filter_values
+    max_req_results: int = DEFAULT_LIMITS.max_req_results
+    min_pow_difficulty: int = DEFAULT_LIMITS.min_pow_difficulty
+    # rate limits: token buckets, refill per second and burst size (rate 0: no limit)
+    event_rate_per_ip: float = 0.0
+    event_burst_per_ip: int = 20
+    event_rate_per_pubkey: float = 0.0
+    event_burst_per_pubkey: int = 20
+    req_rate_per_connection: float = 0.0
+    req_burst_per_connection: int = 20
+    max_connections_per_ip: int = 0
+    # The header a trusted reverse proxy puts the client address in; "" trusts none.
+    trusted_proxy_header: str = ""
+    # policy
+    pubkey_allowlist: tuple[str, ...] = ()
+    pubkey_denylist: tuple[str, ...] = ()
+    kind_allowlist: tuple[int, ...] = ()
+    kind_denylist: tuple[int, ...] = ()
+    # Python write-policy callables as "module:function", run in order.
+    write_policies: tuple[str, ...] = ()
+    # A strfry-compatible write-policy plugin command; "" runs none.
+    write_policy_plugin: str = ""
+    plugin_timeout: float = 2.0
+    # What an event gets when the plugin fails: "reject" (error:) or "accept".
+    plugin_fallback: str = "reject"
 
     @property
     def limits(self) -> Limits:
@@ -70,6 +104,10 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings
 
 def _convert(name: str, value: Any) -> Any:
     expected = FIELD_TYPES[name]
+    if expected is tuple:
+        return _convert_list(name, value)
+    if expected is float:
+        return _convert_float(name, value)
     if expected is int:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
@@ -79,6 +117,37 @@ def _convert(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, not {value!r}")
     return value
+
+
+def _convert_float(name: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if type(value) not in (int, float) or value != value or value in (float("inf"), -float("inf")):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    return float(value)
+
+
+def _convert_list(name: str, value: Any) -> tuple[Any, ...]:
+    """A TOML array, or (from the environment or command line) comma-separated text."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be a list, not {value!r}")
+    item_type = LIST_ITEM_TYPES.get(name, str)
+    items = []
+    for item in value:
+        if item_type is int:
+            if isinstance(item, str) and re.fullmatch(r"\d+", item):
+                item = int(item)
+            if type(item) is not int:
+                raise ConfigError(f"{name} must hold integers, not {item!r}")
+        elif not isinstance(item, str):
+            raise ConfigError(f"{name} must hold strings, not {item!r}")
+        items.append(item)
+    return tuple(items)
 
 
 def from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -124,6 +193,7 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
         )
+    _validate_abuse_settings(settings)
     for name in (
         "max_message_length",
         "max_subscriptions",
@@ -134,6 +204,39 @@ def validate(settings: Settings) -> Settings:
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     return settings
+
+
+def _validate_abuse_settings(settings: Settings) -> None:
+    for name in ("pubkey_allowlist", "pubkey_denylist"):
+        for pubkey in getattr(settings, name):
+            if not re.fullmatch(r"[0-9a-f]{64}", pubkey):
+                raise ConfigError(f"{name}: {pubkey!r} is not 64 lowercase hex characters")
+    for name in ("kind_allowlist", "kind_denylist"):
+        if any(not 0 <= kind <= 65535 for kind in getattr(settings, name)):
+            raise ConfigError(f"{name}: kinds run from 0 to 65535")
+    for entry in settings.write_policies:
+        if not re.fullmatch(r"[\w.]+:\w+", entry):
+            raise ConfigError(f"write_policies: {entry!r} is not module:function")
+    if settings.plugin_fallback not in ("reject", "accept"):
+        raise ConfigError("plugin_fallback must be reject or accept")
+    if not 0 <= settings.min_pow_difficulty <= 256:
+        raise ConfigError("min_pow_difficulty must be from 0 to 256")
+    for name in FIELD_TYPES:
+        if FIELD_TYPES[name] is float and getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    for name in (
+        "max_event_size",
+        "max_tag_value_length",
+        "max_filter_values",
+        "max_req_results",
+        "event_burst_per_ip",
+        "event_burst_per_pubkey",
+        "req_burst_per_connection",
+    ):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if settings.plugin_timeout <= 0 or settings.query_timeout <= 0:
+        raise ConfigError("plugin_timeout and query_timeout must be more than 0")
 
 
 def load(

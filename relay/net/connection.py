@@ -12,11 +12,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import messages
-from relay.core.errors import MessageError, ReqRefused
+from relay.core.errors import MessageError, RateLimited, ReqRefused
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.messages import CloseMessage, EventMessage, ReqMessage
+from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session
+from relay.core.write_policy import Source
 from relay.net.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -28,13 +30,21 @@ log = logging.getLogger("relay.connection")
 MAX_EVENTS_IN_FLIGHT = 256
 BINARY_NOTICE = messages.notice("invalid: binary frames are not supported, send JSON as text")
 INTERNAL_ERROR_NOTICE = messages.notice("error: the relay failed on this message")
+OVERFLOW_NOTICE = messages.notice("error: too many unread messages, disconnecting")
+# Seconds the overflow NOTICE may take to reach the socket's buffer before the close.
+OVERFLOW_NOTICE_SECONDS = 1.0
 
 
 class ClientConnection:
-    def __init__(self, ws: ServerConnection, relay: RelayServer, peer: str) -> None:
+    def __init__(self, ws: ServerConnection, relay: RelayServer, peer: str, ip: str = "") -> None:
         self.ws = ws
         self.relay = relay
         self.peer = peer
+        self.ip = ip
+        settings = relay.settings
+        self.req_rate = RateLimiter(
+            settings.req_rate_per_connection, settings.req_burst_per_connection
+        )
         self.session = Session(relay.settings.limits)
         self.outbox = Outbox(ws, relay.settings.max_outbox_bytes, self._on_overflow)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -100,6 +110,9 @@ class ClientConnection:
 
     async def _accept_event(self, event: Event) -> None:
         self.events_received += 1
+        if not self.relay.event_rate_per_ip.allow(self.ip):
+            self.send(messages.ok(event.id, False, "rate-limited: too many events, slow down"))
+            return
         if len(self._in_flight) >= MAX_EVENTS_IN_FLIGHT:
             # Stop reading until one is answered: TCP pushes back on the client.
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -109,7 +122,8 @@ class ClientConnection:
 
     async def _ingest(self, event: Event) -> None:
         try:
-            accepted, reason = await self.relay.ingest(event)
+            source = Source(self.ip, int(time.time()))
+            accepted, reason = await self.relay.ingest(event, source)
         except Exception:
             # Every EVENT gets its OK, even when our own code fails on it.
             log.exception("could not ingest %s from %s", event.id, self.peer)
@@ -117,6 +131,10 @@ class ClientConnection:
         self.send(messages.ok(event.id, accepted, reason))
 
     def _open(self, req: ReqMessage) -> None:
+        if not self.req_rate.allow(None):
+            limited = RateLimited("too many subscriptions opened, slow down")
+            self._refuse(ReqRefused.wrap(limited, sub_id=req.sub_id))
+            return
         try:
             filters = self.session.open(req)
         except MessageError as error:
@@ -182,5 +200,10 @@ class ClientConnection:
         asyncio.get_running_loop().create_task(self._close_slow())
 
     async def _close_slow(self) -> None:
+        # Past the queue: the transport buffers it even when the client reads nothing.
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(
+                self.ws.send(OVERFLOW_NOTICE, text=True), OVERFLOW_NOTICE_SECONDS
+            )
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(code=1008, reason="too many unread messages")
