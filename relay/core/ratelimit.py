@@ -64,10 +64,12 @@ class RateLimiter:
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst, float(self.burst), now)
             self._buckets[key] = bucket
-            self._forget_oldest(now)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take(now)
+        allowed = bucket.take(now)
+        # After the take: the new bucket is no longer full, so it is kept.
+        self._forget_oldest(now)
+        return allowed
 
     def _forget_oldest(self, now: float) -> None:
         while len(self._buckets) > self.max_keys:

@@ -25,6 +25,8 @@ log = logging.getLogger("relay.plugin")
 FAILED = reject("error: the relay's write policy failed on this event")
 # A plugin's answer longer than this is garbage, not a decision.
 MAX_ANSWER_BYTES = 1 << 20
+# Seconds a plugin has to exit once its stdin is closed, before it is killed.
+CLOSE_SECONDS = 1.0
 
 
 class PluginFailure(Exception):
@@ -40,9 +42,12 @@ class WritePolicyPlugin:
         # strfry sends one event at a time; so do we, which keeps answers in order.
         self._lock = asyncio.Lock()
         self.restarts = 0
+        self.closed = False
 
     async def decide(self, event: Event, source: Source) -> Decision:
         async with self._lock:
+            if self.closed:
+                return self.fallback
             try:
                 return await asyncio.wait_for(self._ask(event, source), self.timeout)
             except (TimeoutError, PluginFailure, OSError, ValueError) as exc:
@@ -91,17 +96,19 @@ class WritePolicyPlugin:
         await proc.wait()
 
     async def close(self) -> None:
-        async with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is None or proc.returncode is not None:
-                return
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), self.timeout)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        """Stop the plugin without waiting on an event it hangs on: that one gets the
+        fallback when its pipe closes."""
+        self.closed = True
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), CLOSE_SECONDS)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def _decision(event_id: str, line: bytes) -> Decision:

@@ -95,13 +95,14 @@ class RelayServer:
         if self._server is not None:
             # Stop listening only: websockets' close() runs once, so connections close below.
             self._server.server.close()
+        # A plugin finishes the event it holds (or is killed) before the writer closes.
+        await self.write_policy.close()
         await self.writer.close()
         await self._settle_connections()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
         self.verifier.close()
-        await self.write_policy.close()
         await self.store.close()
         log.info("stopped")
 
