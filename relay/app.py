@@ -17,7 +17,12 @@ log = logging.getLogger("relay")
 def build_relay(settings: Settings) -> RelayServer:
     db = Path(settings.db).expanduser().absolute()
     db.parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(db, readers=settings.readers, synchronous=settings.synchronous.upper())
+    store = SqliteStore(
+        db,
+        readers=settings.readers,
+        synchronous=settings.synchronous.upper(),
+        query_timeout=settings.query_timeout,
+    )
     return RelayServer(settings, store)
 
 

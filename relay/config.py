@@ -37,6 +37,8 @@ class Settings:
     # Seconds between WebSocket pings and to wait for the pong (0: no pings).
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
+    # Seconds to wait for a peer's close frame before dropping the TCP connection.
+    close_timeout: float = 10.0
     # Seconds a REQ's stored-event query may run before it is interrupted.
     query_timeout: float = 10.0
     # storage

@@ -20,6 +20,7 @@ from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session
 from relay.core.write_policy import Source
 from relay.net.outbox import Outbox
+from relay.store.base import QueryTimeout
 
 if TYPE_CHECKING:
     from relay.net.server import RelayServer
@@ -151,11 +152,15 @@ class ClientConnection:
     async def _send_stored(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         try:
             stored = await self.relay.query(filters)
-        except Exception:
-            log.exception("query failed for %s", self.peer)
+        except Exception as exc:
+            if isinstance(exc, QueryTimeout):
+                reason = "error: the query took too long, narrow the filter"
+            else:
+                log.exception("query failed for %s", self.peer)
+                reason = "error: the query failed"
             self._queries.pop(sub_id, None)
             self._close(sub_id)
-            self.send(messages.closed(sub_id, "error: the query failed"))
+            self.send(messages.closed(sub_id, reason))
             return
         sub_id_json = self._sub_ids_json[sub_id]
         for raw in stored:

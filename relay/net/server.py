@@ -75,6 +75,7 @@ class RelayServer:
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
+                close_timeout=self.settings.close_timeout,
                 max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
                 max_queue=16,
                 compression="deflate",
