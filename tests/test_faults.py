@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.net.server import RelayServer
 from relay.store.sqlite import SqliteStore, run_on_connection
-from tests.conftest import RelayFactory, RelayProcess, fetch_by_ids, url_of
+from tests.conftest import RelayFactory, RelayProcess, fetch_by_ids, url_of, wait_for
 from tests.nostr import Client, Keys
 
 ROUNDS = 3
@@ -66,8 +66,7 @@ async def one_round(process: RelayProcess, round_no: int) -> set[str]:
     senders = [
         asyncio.create_task(send_until_dead(c, e)) for c, e in zip(clients, events, strict=True)
     ]
-    while len(oks) < KILL_AFTER_OKS:
-        await asyncio.sleep(0.001)
+    await wait_for(lambda: len(oks) >= KILL_AFTER_OKS, timeout=30)
     process.kill()
     await asyncio.gather(*readers, *senders)
     assert len(oks) < PUBLISHERS * EVENTS_EACH, "the kill came after the last OK"
