@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load
+from relay.config import FIELD_TYPES, ConfigError, load
 
 ALICE = "a" * 64
 BOB = "b" * 64
@@ -119,3 +119,14 @@ def test_bad_abuse_settings_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, toml), {}, environ)
+
+
+def test_readme_config_example_loads_and_names_every_setting(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "example.toml"
+    config.write_text(example, encoding="utf-8")
+    load(str(config), {}, {})
+    names = {line.split("=", 1)[0].strip() for line in example.splitlines() if "=" in line}
+    missing = set(FIELD_TYPES) - names
+    assert not missing, f"settings missing from README's config example: {sorted(missing)}"
