@@ -46,3 +46,23 @@ CREATE TABLE IF NOT EXISTS deleted_addresses (
     until  INTEGER NOT NULL,              -- versions created at or before this are deleted
     PRIMARY KEY (pubkey, kind, d_tag)
 ) WITHOUT ROWID;
+
+-- NIP-62 tombstones: events of this pubkey (and gift wraps to it) created at or before
+-- `until` were erased by a request to vanish and are refused when published again.
+CREATE TABLE IF NOT EXISTS vanished (
+    pubkey BLOB    PRIMARY KEY,
+    until  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- NIP-50 search over content; rowid = events.seq. Triggers keep it in step with every
+-- insert and every delete (replacement, NIP-09, expiry purge, NIP-62 vanish).
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(
+    content, tokenize = 'unicode61 remove_diacritics 0'
+);
+CREATE TRIGGER IF NOT EXISTS events_fts_insert AFTER INSERT ON events BEGIN
+    INSERT INTO events_fts (rowid, content)
+    VALUES (new.seq, json_extract(CAST(new.raw AS TEXT), '$.content'));
+END;
+CREATE TRIGGER IF NOT EXISTS events_fts_delete AFTER DELETE ON events BEGIN
+    DELETE FROM events_fts WHERE rowid = old.seq;
+END;

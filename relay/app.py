@@ -22,6 +22,7 @@ def build_relay(settings: Settings) -> RelayServer:
         readers=settings.readers,
         synchronous=settings.synchronous.upper(),
         query_timeout=settings.query_timeout,
+        search=settings.search_enabled,
     )
     return RelayServer(settings, store)
 

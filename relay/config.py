@@ -10,14 +10,18 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from relay.core.auth import AuthPolicy
+from relay.core.event import MAX_KIND
 from relay.core.limits import Limits
 from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy")
-# Element type of each list-valued setting (str unless named here).
-LIST_ITEM_TYPES: dict[str, type] = {"kind_allowlist": int, "kind_denylist": int}
+SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+# List-valued settings holding kinds; the other lists hold strings.
+KIND_LISTS = frozenset({"auth_required_kinds", "kind_allowlist", "kind_denylist"})
 
 
 DEFAULT_LIMITS = Limits()
@@ -90,6 +94,32 @@ class Settings:
     plugin_timeout: float = 2.0
     # What an event gets when the plugin fails: "reject" (error:) or "accept".
     plugin_fallback: str = "reject"
+    # nips: optional protocol features, each advertised in NIP-11 exactly when on.
+    # The URL clients use for this relay (NIP-42, NIP-62); "" means ws://host:port/.
+    relay_url: str = ""
+    auth_enabled: bool = True
+    auth_required_for_writes: bool = False
+    auth_required_for_reads: bool = False
+    auth_required_kinds: tuple[int, ...] = ()
+    # Kinds 4, 13, 14, 15, 1059 go only to their authenticated author or `p` recipient.
+    dm_privacy: bool = True
+    count_enabled: bool = True
+    search_enabled: bool = True
+    vanish_enabled: bool = True
+
+    def public_url(self, port: int) -> str:
+        """relay_url, or the URL a client on this host reaches the listening port by."""
+        return self.relay_url or f"ws://{self.host}:{port}/"
+
+    def auth_policy(self, port: int) -> AuthPolicy:
+        return AuthPolicy(
+            enabled=self.auth_enabled,
+            relay_url=self.public_url(port),
+            required_for_writes=self.auth_required_for_writes,
+            required_for_reads=self.auth_required_for_reads,
+            required_kinds=frozenset(self.auth_required_kinds),
+            protect_dms=self.dm_privacy,
+        )
 
     @property
     def limits(self) -> Limits:
@@ -106,8 +136,12 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Settings
 
 def _convert(name: str, value: Any) -> Any:
     expected = FIELD_TYPES[name]
+    if expected is bool:
+        return _convert_bool(name, value)
     if expected is tuple:
-        return _convert_list(name, value)
+        if name in KIND_LISTS:
+            return _convert_kinds(name, value)
+        return _convert_strings(name, value)
     if expected is float:
         return _convert_float(name, value)
     if expected is int:
@@ -132,24 +166,37 @@ def _convert_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def _convert_list(name: str, value: Any) -> tuple[Any, ...]:
-    """A TOML array, or (from the environment or command line) comma-separated text."""
+def _convert_strings(name: str, value: Any) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or comma-separated text (environment, CLI)."""
     if isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{name} must be a list, not {value!r}")
-    item_type = LIST_ITEM_TYPES.get(name, str)
-    items = []
-    for item in value:
-        if item_type is int:
-            if isinstance(item, str) and re.fullmatch(r"\d+", item):
-                item = int(item)
-            if type(item) is not int:
-                raise ConfigError(f"{name} must hold integers, not {item!r}")
-        elif not isinstance(item, str):
-            raise ConfigError(f"{name} must hold strings, not {item!r}")
-        items.append(item)
-    return tuple(items)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _convert_bool(name: str, value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def _convert_kinds(name: str, value: Any) -> tuple[int, ...]:
+    """A list of kinds: a TOML array, or comma-separated numbers (environment, CLI)."""
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(v.isascii() and v.isdigit() for v in items):
+            raise ConfigError(f"{name} must be comma-separated kind numbers, not {value!r}")
+        items = [int(v) for v in items]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{name} must be a list of kinds, not {value!r}")
+    if not all(type(v) is int and 0 <= v <= MAX_KIND for v in items):
+        raise ConfigError(f"{name} must hold kinds from 0 to {MAX_KIND}")
+    return tuple(sorted(set(items)))
 
 
 def from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -196,6 +243,8 @@ def validate(settings: Settings) -> Settings:
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
         )
     _validate_abuse_settings(settings)
+    if settings.relay_url and not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", settings.relay_url):
+        raise ConfigError("relay_url must be a ws:// or wss:// URL")
     for name in (
         "max_message_length",
         "max_subscriptions",
@@ -213,9 +262,6 @@ def _validate_abuse_settings(settings: Settings) -> None:
         for pubkey in getattr(settings, name):
             if not re.fullmatch(r"[0-9a-f]{64}", pubkey):
                 raise ConfigError(f"{name}: {pubkey!r} is not 64 lowercase hex characters")
-    for name in ("kind_allowlist", "kind_denylist"):
-        if any(not 0 <= kind <= 65535 for kind in getattr(settings, name)):
-            raise ConfigError(f"{name}: kinds run from 0 to 65535")
     for entry in settings.write_policies:
         if not re.fullmatch(r"[\w.]+:\w+", entry):
             raise ConfigError(f"write_policies: {entry!r} is not module:function")

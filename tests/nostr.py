@@ -49,6 +49,8 @@ class Client:
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        # The last NIP-42 challenge the relay sent; AUTH frames are not returned by recv.
+        self.challenge: str | None = None
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
@@ -64,8 +66,37 @@ class Client:
         await self.ws.send(frame)
 
     async def recv(self, timeout: float = 5.0) -> Any:
+        while True:
+            reply = await self.recv_any(timeout)
+            if not self._is_challenge(reply):
+                return reply
+
+    async def recv_any(self, timeout: float = 5.0) -> Any:
+        """The next frame, AUTH challenges included (they are recorded as they pass)."""
         frame = await asyncio.wait_for(self.ws.recv(), timeout)
-        return orjson.loads(frame)
+        reply = orjson.loads(frame)
+        if self._is_challenge(reply):
+            self.challenge = reply[1]
+        return reply
+
+    @staticmethod
+    def _is_challenge(reply: Any) -> bool:
+        return type(reply) is list and len(reply) == 2 and reply[0] == "AUTH"
+
+    async def auth(self, keys: Keys, relay_url: str, challenge: str | None = None) -> list[Any]:
+        """Answer the relay's challenge as `keys` (NIP-42); returns the relay's OK."""
+        if self.challenge is None:
+            await self.recv_any()
+        event = keys.sign(
+            22242,
+            "",
+            [["relay", relay_url], ["challenge", challenge or self.challenge or ""]],
+        )
+        await self.send(["AUTH", event])
+        while True:
+            reply = await self.recv()
+            if reply[0] == "OK" and reply[1] == event["id"]:
+                return list(reply)
 
     async def publish(self, event: dict[str, Any]) -> list[Any]:
         """Send an EVENT and return its OK."""
@@ -89,11 +120,15 @@ class Client:
                 raise SubscriptionClosed(reply[2])
 
     async def expect_silence(self, seconds: float = 0.3) -> None:
-        try:
-            frame = await asyncio.wait_for(self.ws.recv(), seconds)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected nothing, got {frame!r}")
+        """Nothing but AUTH challenges arrives for `seconds`."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                reply = await self.recv_any(left)
+            except TimeoutError:
+                return
+            if not self._is_challenge(reply):
+                raise AssertionError(f"expected nothing, got {reply!r}")
 
 
 class SubscriptionClosed(Exception):

@@ -81,7 +81,7 @@ def hex64(n: int) -> str:
     [
         ("ids", lambda n: [hex64(i) for i in range(n)]),
         ("authors", lambda n: [hex64(i) for i in range(n)]),
-        ("kinds", lambda n: list(range(n))),
+        ("kinds", lambda n: list(range(100, 100 + n))),  # no DM kinds: those need AUTH
         ("#t", lambda n: [f"tag{i}" for i in range(n)]),
     ],
 )

@@ -92,7 +92,9 @@ UNATTRIBUTABLE = [
         ["CLOSE", "a", "b"], notice("invalid: CLOSE takes one subscription id"), id="close-two"
     ),
     pytest.param(["CLOSE", 1], notice("invalid: CLOSE takes one subscription id"), id="close-int"),
-    pytest.param(["COUNT"], notice("unsupported: COUNT is not supported"), id="count-bare"),
+    pytest.param(
+        ["COUNT"], notice("invalid: COUNT needs a non-empty subscription id"), id="count-bare"
+    ),
 ]
 
 
@@ -292,8 +294,8 @@ BAD_REQS = [
         id="tag-no-name",
     ),
     pytest.param(
-        ["REQ", "s", {"search": "nostr"}],
-        "unsupported: search is not supported by this relay",
+        ["REQ", "s", {"search": ["nostr"]}],
+        "invalid: search must be a string",
         id="search",
     ),
     pytest.param(
@@ -301,7 +303,7 @@ BAD_REQS = [
         "invalid: kinds must hold integers from 0 to 65535",
         id="nested",
     ),
-    pytest.param(["COUNT", "s", {}], "unsupported: COUNT is not supported", id="count"),
+    pytest.param(["COUNT", "s", {"kinds": "x"}], "invalid: kinds must be an array", id="count"),
 ]
 
 
@@ -426,5 +428,7 @@ async def test_reply_frames_are_valid_json(client: Client) -> None:
     odd_id = '\u2028"\\\n\x00\U0001f600'
     await client.send(["REQ", odd_id, {"kinds": "x"}])
     frame = await client.ws.recv()
+    if orjson.loads(frame)[0] == "AUTH":  # the NIP-42 challenge sent on connect
+        frame = await client.ws.recv()
     assert orjson.loads(frame) == ["CLOSED", odd_id, "invalid: kinds must be an array"]
     await assert_alive(client)

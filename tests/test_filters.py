@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from coincurve import PrivateKey
 
-from relay.core.errors import Invalid, Unsupported
+from relay.core.errors import Invalid
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, matches_any, parse_filter
 from tests.nostr import Keys
@@ -133,11 +133,18 @@ def test_filter_must_be_object(obj: Any) -> None:
         parse_filter(obj)
 
 
-@pytest.mark.parametrize("search", ["x", "", None])
-def test_search_unsupported(search: Any) -> None:
-    with pytest.raises(Unsupported) as info:
+@pytest.mark.parametrize("search", [None, 1, ["x"], "x" * 257, " ".join("abcdefghijklmnopq")])
+def test_bad_search_is_invalid(search: Any) -> None:
+    with pytest.raises(Invalid) as info:
         parse_filter({"kinds": [1], "search": search})
-    assert info.value.reason.startswith("unsupported: ")
+    assert info.value.reason.startswith("invalid: ")
+
+
+def test_search_keeps_words_and_drops_extensions() -> None:
+    f = parse_filter({"search": 'Nostr, RELAYS! include:spam language:en "x" OR NEAR(a b)'})
+    assert f.search == ("nostr", "relays", "x", "or", "near", "a", "b")
+    assert parse_filter({"search": ""}).search == ()
+    assert parse_filter({}).search is None
 
 
 # --- matching -----------------------------------------------------------------------------

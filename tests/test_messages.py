@@ -22,10 +22,14 @@ from relay.core.errors import (
 from relay.core.event import parse_event
 from relay.core.filters import Filter, parse_filter
 from relay.core.messages import (
+    AuthMessage,
     CloseMessage,
+    CountMessage,
     EventMessage,
     ReqMessage,
+    auth_challenge,
     closed,
+    count,
     encode_sub_id,
     eose,
     event_frame,
@@ -143,7 +147,7 @@ def test_not_a_non_empty_array(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "verb", [1, None, True, ["EVENT"], {"EVENT": 1}, "event", "Req", "AUTH", "EVENT ", ""]
+    "verb", [1, None, True, ["EVENT"], {"EVENT": 1}, "event", "Req", "auth", "EVENT ", ""]
 )
 def test_unknown_or_non_string_verb(verb: Any) -> None:
     error = refused(frame([verb, "s", {}]))
@@ -265,9 +269,9 @@ def test_req_bad_filter_field_is_closed() -> None:
     assert error.reason == "invalid: ids must hold 64 lowercase hex characters"
 
 
-def test_req_search_is_closed_as_unsupported() -> None:
-    error = refused(frame(["REQ", "s", {}, {"search": "nostr"}]))
-    assert (error.prefix, error.event_id, error.sub_id) == ("unsupported", None, "s")
+def test_req_with_a_bad_search_is_closed() -> None:
+    error = refused(frame(["REQ", "s", {}, {"search": 7}]))
+    assert (error.prefix, error.event_id, error.sub_id) == ("invalid", None, "s")
 
 
 # --- CLOSE ----------------------------------------------------------------------------
@@ -282,20 +286,48 @@ def test_close_arity_and_type(message: list[Any]) -> None:
     assert error.message == "CLOSE takes one subscription id"
 
 
-# --- unsupported verbs ----------------------------------------------------------------
+# --- NIP-45 COUNT and NIP-42 AUTH ------------------------------------------------------
 
 
-def test_count_is_closed_as_unsupported() -> None:
-    error = refused(frame(["COUNT", "c1", {"kinds": [1]}]))
-    assert (error.prefix, error.event_id, error.sub_id) == ("unsupported", None, "c1")
-    assert error.reason == "unsupported: COUNT is not supported"
-    assert json.loads(refusal(error)) == ["CLOSED", "c1", "unsupported: COUNT is not supported"]
+def test_count_parses_like_a_req() -> None:
+    message = parse_message(frame(["COUNT", "c1", {"kinds": [1]}, {"authors": [HEX]}]))
+    assert message == CountMessage(
+        "c1", (Filter(kinds=frozenset({1})), Filter(authors=frozenset({HEX})))
+    )
+
+
+def test_bad_count_filter_is_closed() -> None:
+    error = refused(frame(["COUNT", "c1", {"kinds": "x"}]))
+    assert json.loads(refusal(error)) == ["CLOSED", "c1", "invalid: kinds must be an array"]
 
 
 @pytest.mark.parametrize("message", [["COUNT"], ["COUNT", 1, {}], ["COUNT", None]])
 def test_count_without_readable_sub_id_is_a_notice(message: list[Any]) -> None:
     error = refused(frame(message))
-    assert_notice(error, prefix="unsupported")
+    assert_notice(error)
+
+
+def test_auth_carries_an_event() -> None:
+    event = signed(kind=22242)
+    message = parse_message(frame(["AUTH", event]))
+    assert isinstance(message, AuthMessage)
+    assert message.event.id == event["id"]
+
+
+def test_bad_auth_event_is_answered_with_ok_false() -> None:
+    event = {**signed(kind=22242), "content": "tampered"}
+    error = refused(frame(["AUTH", event]))
+    assert json.loads(refusal(error)) == [
+        "OK",
+        event["id"],
+        False,
+        "invalid: event id does not match its content",
+    ]
+
+
+def test_auth_challenge_and_count_frames() -> None:
+    assert json.loads(auth_challenge("abc")) == ["AUTH", "abc"]
+    assert json.loads(count("c", 3)) == ["COUNT", "c", {"count": 3}]
 
 
 # --- reply encoders -------------------------------------------------------------------
@@ -442,7 +474,7 @@ def test_wrap_keeps_message_and_prefix() -> None:
         (["REQ", "s"], ["CLOSED", "s", "invalid: REQ needs at least one filter"]),
         (["REQ", "s", 1], ["CLOSED", "s", "invalid: a filter must be an object"]),
         (["CLOSE", 1], ["NOTICE", "invalid: CLOSE takes one subscription id"]),
-        (["COUNT", "c", {}], ["CLOSED", "c", "unsupported: COUNT is not supported"]),
+        (["COUNT", "c"], ["CLOSED", "c", "invalid: COUNT needs at least one filter"]),
         (["PING"], ["NOTICE", "invalid: unknown message type 'PING'"]),
     ],
 )

@@ -35,8 +35,11 @@ PUBKEYS = [k.pubkey for k in KEYS]
 NOW = 1_700_000_000
 BASE = NOW - 100
 CREATED_AT = [BASE, BASE + 1, BASE + 2, BASE + 5]
-KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5]
+KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059]
 D_VALUES = ["", "a", "b"]
+# Contents and NIP-50 queries: case, punctuation and words shared between contents.
+CONTENTS = ["", "one", "two", "One two, three!", "two-one", "Ünïcode café"]
+SEARCHES = ["one", "TWO", "one two", "three one", "café", "ünïcode", "zzz", "", "one include:x"]
 T_VALUES = ["x", "y", "", "x\x00y"]
 EXPIRATIONS = [None, None, None, NOW - 10, NOW, NOW + 1000, "soon"]
 UNKNOWN_ID = "f" * 64
@@ -105,7 +108,7 @@ def new_event(draw: st.DrawFn, earlier: Sequence[Event]) -> Event:
     expiration = draw(st.sampled_from(EXPIRATIONS))
     if expiration is not None:
         tags.append(["expiration", str(expiration)])
-    content = draw(st.sampled_from(["", "one", "two"]))
+    content = draw(st.sampled_from(CONTENTS))
     return signed(keys, kind, created_at, tags, content)
 
 
@@ -136,7 +139,10 @@ def filters(draw: st.DrawFn, events: Sequence[Event]) -> Filter:
         obj["since"] = draw(st.sampled_from(times))
     if maybe():
         obj["until"] = draw(st.sampled_from(times))
-    if draw(st.booleans()):
+    if maybe():
+        # Ranked by relevance in SQLite and by time in memory: compared without a limit.
+        obj["search"] = draw(st.sampled_from(SEARCHES))
+    elif draw(st.booleans()):
         obj["limit"] = draw(st.sampled_from([0, 1, 2, 3, 10]))
     return parse_filter(obj)
 
@@ -189,7 +195,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 async def observe(store: EventStore, queries: list[list[Filter]]) -> list[Any]:
     seen: list[Any] = []
     for query in queries:
-        seen.append(await store.query(query, NOW))
+        found = await store.query(query, NOW)
+        # Search results are ranked differently (bm25 / time): compare them as sets.
+        seen.append(sorted(found) if any(f.search for f in query) else found)
         seen.append(await store.count(query, NOW))
     return seen
 

@@ -45,6 +45,12 @@ class Unsupported(ClientError):
     prefix = "unsupported"
 
 
+class AuthRequired(ClientError):
+    """NIP-42: the client must authenticate first; the relay sends its challenge again."""
+
+    prefix = "auth-required"
+
+
 class MessageError(ClientError):
     """A frame refused as a whole; `event_id` or `sub_id` says who can be answered.
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from relay.core.errors import Invalid, Unsupported
+from relay.core import search
+from relay.core.errors import Invalid
 from relay.core.event import HEX64, MAX_KIND, MAX_TIMESTAMP, Event
 
 
@@ -22,6 +23,8 @@ class Filter:
     since: int | None = None
     until: int | None = None
     limit: int | None = None
+    # NIP-50: the words every matching content holds (None: no search).
+    search: tuple[str, ...] | None = None
 
     def matches(self, event: Event) -> bool:
         if self.ids is not None and event.id not in self.ids:
@@ -33,6 +36,8 @@ class Filter:
         if self.since is not None and event.created_at < self.since:
             return False
         if self.until is not None and event.created_at > self.until:
+            return False
+        if self.search is not None and not search.content_matches(self.search, event.content):
             return False
         return all(self._tag_matches(event, name, values) for name, values in self.tags)
 
@@ -50,7 +55,7 @@ class Filter:
         return not (self.since is not None and self.until is not None and self.since > self.until)
 
     def with_limit(self, limit: int | None) -> Filter:
-        return Filter(self.ids, self.authors, self.kinds, self.tags, self.since, self.until, limit)
+        return replace(self, limit=limit)
 
 
 def matches_any(filters: Iterable[Filter], event: Event) -> bool:
@@ -90,6 +95,7 @@ def parse_filter(obj: Any) -> Filter:
     kinds = None
     tags: dict[str, frozenset[str]] = {}
     since = until = limit = None
+    query = None
     for key, value in obj.items():
         if key == "ids":
             ids = _string_set(key, value, hex64=True)
@@ -109,6 +115,7 @@ def parse_filter(obj: Any) -> Filter:
                 raise Invalid(f"{key}: only single-letter tags can be filtered")
             tags[name] = _string_set(key, value)
         elif key == "search":
-            raise Unsupported("search is not supported by this relay")
+            query = search.parse_query(value)
         # Other keys are ignored so that newer clients keep working (NIP-01 is additive).
-    return Filter(ids, authors, kinds, tuple(sorted(tags.items())), since, until, limit)
+    tag_items = tuple(sorted(tags.items()))
+    return Filter(ids, authors, kinds, tag_items, since, until, limit, query)

@@ -28,10 +28,25 @@ class CloseMessage:
     sub_id: str
 
 
-ClientMessage = EventMessage | ReqMessage | CloseMessage
+@dataclass(frozen=True, slots=True)
+class AuthMessage:
+    """NIP-42 `["AUTH", event]`: the client proves it holds a key."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class CountMessage:
+    """NIP-45 `["COUNT", sub_id, filter...]`: how many events match, not the events."""
+
+    sub_id: str
+    filters: tuple[Filter, ...]
+
+
+ClientMessage = EventMessage | ReqMessage | CloseMessage | AuthMessage | CountMessage
 
 # Verbs of NIPs this relay does not implement: refused with CLOSED so clients stop waiting.
-SUBSCRIPTION_VERBS_UNSUPPORTED = frozenset({"COUNT"})
+SUBSCRIPTION_VERBS_UNSUPPORTED: frozenset[str] = frozenset()
 
 
 def parse_message(frame: bytes | str) -> ClientMessage:
@@ -47,6 +62,11 @@ def parse_message(frame: bytes | str) -> ClientMessage:
         return _parse_event(data)
     if verb == "REQ":
         return _parse_req(data)
+    if verb == "AUTH":
+        return AuthMessage(_parse_event(data, "AUTH").event)
+    if verb == "COUNT":
+        req = _parse_req(data, "COUNT")
+        return CountMessage(req.sub_id, req.filters)
     if verb == "CLOSE":
         if len(data) != 2 or type(data[1]) is not str:
             raise MessageError("CLOSE takes one subscription id")
@@ -59,10 +79,10 @@ def parse_message(frame: bytes | str) -> ClientMessage:
     raise MessageError(f"unknown message type {shown[:32]!r}")
 
 
-def _parse_event(data: list[Any]) -> EventMessage:
+def _parse_event(data: list[Any], verb: str = "EVENT") -> EventMessage:
     claimed_id = _claimed_event_id(data)
     if len(data) != 2:
-        raise MessageError("EVENT takes one event", event_id=claimed_id)
+        raise MessageError(f"{verb} takes one event", event_id=claimed_id)
     try:
         return EventMessage(parse_event(data[1]))
     except ClientError as exc:
@@ -78,12 +98,12 @@ def _claimed_event_id(data: list[Any]) -> str | None:
     return None
 
 
-def _parse_req(data: list[Any]) -> ReqMessage:
+def _parse_req(data: list[Any], verb: str = "REQ") -> ReqMessage:
     if len(data) < 2 or type(data[1]) is not str or not data[1]:
-        raise MessageError("REQ needs a non-empty subscription id")
+        raise MessageError(f"{verb} needs a non-empty subscription id")
     sub_id = data[1]
     if len(data) < 3:
-        raise ReqRefused("REQ needs at least one filter", sub_id=sub_id)
+        raise ReqRefused(f"{verb} needs at least one filter", sub_id=sub_id)
     try:
         filters = tuple(parse_filter(obj) for obj in data[2:])
     except ClientError as exc:
@@ -101,6 +121,14 @@ def eose(sub_id: str) -> bytes:
 
 def closed(sub_id: str, reason: str) -> bytes:
     return canonical.dumps(["CLOSED", sub_id, reason])
+
+
+def auth_challenge(challenge: str) -> bytes:
+    return canonical.dumps(["AUTH", challenge])
+
+
+def count(sub_id: str, n: int) -> bytes:
+    return canonical.dumps(["COUNT", sub_id, {"count": n}])
 
 
 def notice(text: str) -> bytes:

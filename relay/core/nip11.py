@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay import __version__
+from relay.core.auth import AuthPolicy
 from relay.core.limits import Limits
 
 SUPPORTED_NIPS = (1, 9, 11, 40)
@@ -21,7 +22,28 @@ class RelayInfo:
     icon: str = ""
 
 
-def information_document(info: RelayInfo, limits: Limits) -> dict[str, Any]:
+def optional_nips(
+    auth: AuthPolicy, *, count: bool, search: bool = False, vanish: bool = False
+) -> tuple[int, ...]:
+    """The optional NIPs that are switched on: 42 and 70 go with auth."""
+    nips = []
+    if auth.enabled:
+        nips += [42, 70]
+    if count:
+        nips.append(45)
+    if search:
+        nips.append(50)
+    if vanish:
+        nips.append(62)
+    return tuple(nips)
+
+
+def information_document(
+    info: RelayInfo,
+    limits: Limits,
+    auth: AuthPolicy | None = None,
+    extra_nips: tuple[int, ...] = (),
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         field: value
         for field, value in (
@@ -33,8 +55,15 @@ def information_document(info: RelayInfo, limits: Limits) -> dict[str, Any]:
         )
         if value
     }
-    doc["supported_nips"] = list(SUPPORTED_NIPS)
+    doc["supported_nips"] = sorted({*SUPPORTED_NIPS, *extra_nips})
     doc["software"] = SOFTWARE_URL
     doc["version"] = __version__
-    doc["limitation"] = limits.advertised()
+    doc["limitation"] = limitation = limits.advertised()
+    if auth is not None:
+        advertised = auth.advertised()
+        limitation["auth_required"] = advertised["auth_required"]
+        # Other write conditions (issue 4's policies) may already restrict writes.
+        limitation["restricted_writes"] = (
+            bool(limitation.get("restricted_writes")) or advertised["restricted_writes"]
+        )
     return doc

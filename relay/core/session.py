@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from relay.core.auth import AuthState
 from relay.core.errors import Invalid, MessageError, ReqRefused, Restricted
 from relay.core.filters import Filter
 from relay.core.limits import Limits
-from relay.core.messages import ClientMessage, ReqMessage, parse_message
+from relay.core.messages import ClientMessage, CountMessage, ReqMessage, parse_message
 
 
 class Session:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.subscriptions: dict[str, tuple[Filter, ...]] = {}
+        self.auth = AuthState()
 
     def receive(self, frame: bytes | str) -> ClientMessage:
         """Parse a frame within the size limit; raises MessageError with whom to answer."""
@@ -24,6 +26,23 @@ class Session:
         limits = self.limits
         # A REQ reusing an open id replaces it, even when the new one is refused below.
         self.subscriptions.pop(req.sub_id, None)
+        self._check_shape(req)
+        if len(self.subscriptions) >= limits.max_subscriptions:
+            raise ReqRefused.wrap(
+                Restricted(f"at most {limits.max_subscriptions} open subscriptions"),
+                sub_id=req.sub_id,
+            )
+        filters = tuple(self._clamp(f) for f in req.filters)
+        self.subscriptions[req.sub_id] = filters
+        return filters
+
+    def count(self, request: CountMessage) -> tuple[Filter, ...]:
+        """A COUNT's filters, under the same limits as a REQ (its `limit`s do not apply)."""
+        self._check_shape(request)
+        return request.filters
+
+    def _check_shape(self, req: ReqMessage | CountMessage) -> None:
+        limits = self.limits
         if len(req.sub_id) > limits.max_subid_length:
             raise ReqRefused.wrap(
                 Invalid(f"subscription id is longer than {limits.max_subid_length}"),
@@ -40,14 +59,6 @@ class Session:
                 Invalid(f"{too_many} holds more than {limits.max_filter_values} values"),
                 sub_id=req.sub_id,
             )
-        if len(self.subscriptions) >= limits.max_subscriptions:
-            raise ReqRefused.wrap(
-                Restricted(f"at most {limits.max_subscriptions} open subscriptions"),
-                sub_id=req.sub_id,
-            )
-        filters = tuple(self._clamp(f) for f in req.filters)
-        self.subscriptions[req.sub_id] = filters
-        return filters
 
     def close(self, sub_id: str) -> bool:
         return self.subscriptions.pop(sub_id, None) is not None

@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from relay.core import messages
-from relay.core.errors import MessageError, RateLimited, ReqRefused
-from relay.core.event import Event
+from relay.core import auth, messages
+from relay.core.errors import (
+    AuthRequired,
+    ClientError,
+    MessageError,
+    RateLimited,
+    ReqRefused,
+    Unsupported,
+)
+from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter
-from relay.core.messages import CloseMessage, EventMessage, ReqMessage
+from relay.core.messages import AuthMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
 from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session
 from relay.core.write_policy import Source
@@ -61,6 +70,9 @@ class ClientConnection:
 
     async def run(self) -> None:
         sender = asyncio.create_task(self.outbox.run())
+        if self.relay.auth.enabled:
+            # NIP-42: the challenge is there before the client needs it.
+            self.send(messages.auth_challenge(self.session.auth.challenge))
         try:
             async for frame in self.ws:
                 await self.handle(frame)
@@ -102,11 +114,18 @@ class ClientConnection:
             self._open(message)
         elif isinstance(message, CloseMessage):
             self._close(message.sub_id)
+        elif isinstance(message, AuthMessage):
+            self._start(self._authenticate(message.event))
+        elif isinstance(message, CountMessage):
+            self._count(message)
 
     def _refuse(self, error: MessageError) -> None:
         if isinstance(error, ReqRefused) and error.sub_id is not None:
             # The client reads CLOSED as the end of that id: a subscription it replaced ends.
             self._close(error.sub_id)
+        if error.prefix == AuthRequired.prefix:
+            # NIP-42: a fresh reminder of the challenge comes before every auth-required.
+            self.send(messages.auth_challenge(self.session.auth.challenge))
         self.send(messages.refusal(error))
 
     async def _accept_event(self, event: Event) -> None:
@@ -114,12 +133,32 @@ class ClientConnection:
         if not self.relay.event_rate_per_ip.allow(self.ip):
             self.send(messages.ok(event.id, False, "rate-limited: too many events, slow down"))
             return
+        try:
+            auth.check_write(event, self.session.auth, self.relay.auth)
+        except ClientError as error:
+            self._refuse(MessageError.wrap(error, event_id=event.id))
+            return
         if len(self._in_flight) >= MAX_EVENTS_IN_FLIGHT:
             # Stop reading until one is answered: TCP pushes back on the client.
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.create_task(self._ingest(event))
+        self._start(self._ingest(event))
+
+    def _start(self, work: Coroutine[None, None, None]) -> None:
+        """Run `work` as a task the connection waits for before it ends (and at shutdown)."""
+        task = asyncio.create_task(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    async def _authenticate(self, event: Event) -> None:
+        if not self.relay.auth.enabled:
+            accepted, reason = False, "unsupported: this relay does not use NIP-42 AUTH"
+        else:
+            try:
+                accepted, reason = await self.relay.authenticate(event, self.session.auth)
+            except Exception:
+                log.exception("could not check AUTH %s from %s", event.id, self.peer)
+                accepted, reason = False, "error: the relay failed on this AUTH, try again"
+        self.send(messages.ok(event.id, accepted, reason))
 
     async def _ingest(self, event: Event) -> None:
         try:
@@ -131,12 +170,19 @@ class ClientConnection:
             accepted, reason = False, "error: the relay failed on this event, try again later"
         self.send(messages.ok(event.id, accepted, reason))
 
+    def _rate_limited(self, sub_id: str) -> bool:
+        """Takes a token from the connection's REQ/COUNT bucket; refuses when it is empty."""
+        if self.req_rate.allow(None):
+            return False
+        limited = RateLimited("too many subscriptions opened, slow down")
+        self._refuse(ReqRefused.wrap(limited, sub_id=sub_id))
+        return True
+
     def _open(self, req: ReqMessage) -> None:
-        if not self.req_rate.allow(None):
-            limited = RateLimited("too many subscriptions opened, slow down")
-            self._refuse(ReqRefused.wrap(limited, sub_id=req.sub_id))
+        if self._rate_limited(req.sub_id):
             return
         try:
+            self._check_read(req.sub_id, req.filters)
             filters = self.session.open(req)
         except MessageError as error:
             self._refuse(error)
@@ -163,6 +209,7 @@ class ClientConnection:
             self.send(messages.closed(sub_id, reason))
             return
         sub_id_json = self._sub_ids_json[sub_id]
+        stored = self._readable(filters, stored)
         for raw in stored:
             self.send(messages.event_frame(sub_id_json, raw))
         self.send(messages.eose(sub_id))
@@ -174,8 +221,56 @@ class ClientConnection:
                     self.send(messages.event_frame(sub_id_json, event.raw))
         self._queries.pop(sub_id, None)
 
+    def _check_read(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        try:
+            searching = any(f.search is not None for f in filters)
+            if searching and not self.relay.settings.search_enabled:
+                raise Unsupported("search is not enabled on this relay")
+            auth.check_read(filters, self.session.auth, self.relay.auth)
+        except ClientError as error:
+            raise ReqRefused.wrap(error, sub_id=sub_id) from None
+
+    def _readable(self, filters: tuple[Filter, ...], stored: list[bytes]) -> list[bytes]:
+        """Stored results without the private events this connection may not read."""
+        dm_kinds = self.relay.auth.dm_kinds
+        if not auth.could_return_private(filters, dm_kinds):
+            return stored
+        readers = self.session.auth.pubkeys
+        return [
+            raw
+            for raw in stored
+            if _kind_of(raw) not in dm_kinds
+            or auth.may_read(event_from_raw(raw), readers, dm_kinds)
+        ]
+
+    def _count(self, request: CountMessage) -> None:
+        if not self.relay.settings.count_enabled:
+            self.send(messages.closed(request.sub_id, "unsupported: COUNT is not enabled here"))
+            return
+        if self._rate_limited(request.sub_id):
+            return
+        try:
+            self._check_read(request.sub_id, request.filters)
+            filters = self.session.count(request)
+        except MessageError as error:
+            self._refuse(error)
+            return
+        self._start(self._send_count(request.sub_id, filters))
+
+    async def _send_count(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        try:
+            n = await self.relay.count(filters, self.session.auth.pubkeys)
+        except Exception:
+            log.exception("count failed for %s", self.peer)
+            self.send(messages.closed(sub_id, "error: the count failed"))
+            return
+        self.send(messages.count(sub_id, n))
+
     def deliver(self, sub_id: str, event: Event) -> None:
         """A live event for one of this connection's subscriptions."""
+        dm_kinds = self.relay.auth.dm_kinds
+        if event.kind in dm_kinds and not auth.may_read(event, self.session.auth.pubkeys, dm_kinds):
+            return
         held = self._held.get(sub_id)
         if held is not None:
             held.append(event)
@@ -212,3 +307,13 @@ class ClientConnection:
             )
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(code=1008, reason="too many unread messages")
+
+
+# The first `"kind":` with a raw quote is the event's own: inside strings quotes are escaped.
+_KIND_FIELD = re.compile(rb'"kind":(\d+)')
+
+
+def _kind_of(raw: bytes) -> int:
+    """The kind of stored event JSON, without parsing the whole event."""
+    found = _KIND_FIELD.search(raw)
+    return int(found.group(1)) if found else -1

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from relay.config import Settings
-from relay.core import nip11
-from relay.core.errors import ClientError
+from relay.core import auth, nip11, vanish
+from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.policy import check_write, default_write_checks
@@ -50,6 +50,8 @@ class RelayServer:
             settings.event_rate_per_ip, settings.event_burst_per_ip
         )
         self.connections_per_ip = ConnectionCounter(settings.max_connections_per_ip)
+        # Rebuilt with the listening port once known: relay_url may derive from it.
+        self.auth = settings.auth_policy(settings.port)
         self.accepting = False
         self._server: Server | None = None
 
@@ -62,7 +64,18 @@ class RelayServer:
     async def start(self) -> None:
         await self.store.open()
         self.writer.start()
-        info = nip11.information_document(self.settings.info, self.settings.limits)
+        settings = self.settings
+        info = nip11.information_document(
+            settings.info,
+            settings.limits,
+            self.auth,
+            nip11.optional_nips(
+                self.auth,
+                count=settings.count_enabled,
+                search=settings.search_enabled,
+                vanish=settings.vanish_enabled,
+            ),
+        )
         try:
             self._server = await serve(
                 self._handle,
@@ -87,6 +100,7 @@ class RelayServer:
             self.verifier.close()
             await self.store.close()
             raise
+        self.auth = settings.auth_policy(self.port)
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
@@ -152,6 +166,7 @@ class RelayServer:
         now = int(time.time())
         try:
             check_write(self.write_checks, event, now)
+            vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
             self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
@@ -181,6 +196,36 @@ class RelayServer:
         found = await self.store.query(filters, int(time.time()))
         # Each filter is clamped to max_limit; this caps the REQ as a whole.
         return found[: self.settings.max_req_results]
+
+    async def count(self, filters: Sequence[Filter], readers: set[str]) -> int:
+        """NIP-45: distinct stored events matching any filter that `readers` may read.
+
+        Private kinds count only where a reader is their author or tagged recipient:
+        all matches, minus the private ones, plus the private ones readers may see.
+        """
+        now = int(time.time())
+        total = await self.store.count(filters, now)
+        dm_kinds = self.auth.dm_kinds
+        if not auth.could_return_private(filters, dm_kinds):
+            return total
+        private = await self.store.count(auth.private_parts(filters, dm_kinds), now)
+        if not private:
+            return total
+        readable = auth.readable_parts(filters, readers, dm_kinds)
+        allowed = await self.store.count(readable, now) if readable else 0
+        # Three reads: a commit between them may move the figures by what it added.
+        return max(total - private + allowed, 0)
+
+    async def authenticate(self, event: Event, state: auth.AuthState) -> tuple[bool, str]:
+        """NIP-42: check an AUTH event against this connection's challenge: (accepted, reason)."""
+        try:
+            auth.check_auth_event(event, state.challenge, self.auth.relay_url, int(time.time()))
+        except ClientError as error:
+            return False, error.reason
+        if not await self.verifier.verify(event):
+            return False, Invalid("bad signature").reason
+        state.pubkeys.add(event.pubkey)
+        return True, ""
 
     def broadcast(self, event: Event) -> None:
         for connection, sub_id in self.subscriptions.matching(event):

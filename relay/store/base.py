@@ -22,6 +22,8 @@ class SaveOutcome(Enum):
     # An older (or same-second, higher-id) version of a replaceable/addressable event.
     STALE = (False, "duplicate: have a newer version of this event")
     DELETED = (False, "blocked: this event was deleted by its author")
+    # NIP-62: covered by a request to vanish (its author's, or a gift wrap to that author).
+    VANISHED = (False, "blocked: erased by a request to vanish")
 
     @property
     def accepted(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from relay.core import vanish
 from relay.core.event import Event, newer
 from relay.core.filters import Filter
 from relay.store import rules
@@ -28,6 +29,8 @@ class MemoryStore:
         self._by_address: dict[Address, str] = {}
         self._deleted_ids: set[tuple[str, str]] = set()
         self._deleted_addresses: dict[Address, int] = {}
+        # NIP-62: pubkey -> created_at of its latest request to vanish.
+        self._vanished: dict[str, int] = {}
 
     async def open(self) -> None:
         pass
@@ -43,6 +46,10 @@ class MemoryStore:
             return SaveOutcome.DUPLICATE
         if rules.can_be_deleted(event) and (event.id, event.pubkey) in self._deleted_ids:
             return SaveOutcome.DELETED
+        if vanish.erased_by(event, self._vanished):
+            return SaveOutcome.VANISHED
+        if event.kind == vanish.VANISH_KIND:
+            self._vanish(event)
         address = event.address
         if address is not None:
             until = self._deleted_addresses.get(address)
@@ -75,6 +82,14 @@ class MemoryStore:
                 self._remove(current_id)
             previous = self._deleted_addresses.get(address, -1)
             self._deleted_addresses[address] = max(previous, targets.until)
+
+    def _vanish(self, request: Event) -> None:
+        self._vanished[request.pubkey] = request.created_at
+        # Only this request: earlier ones of other authors are kept, as they asked.
+        this_one = {request.pubkey: request.created_at}
+        erased = [e.id for e in self.events.values() if vanish.erased_by(e, this_one)]
+        for event_id in erased:
+            self._remove(event_id)
 
     def _remove(self, event_id: str) -> None:
         event = self.events.pop(event_id)

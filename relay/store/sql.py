@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from relay.core.filters import Filter
+from relay.core.search import fts_match
 
 Query = tuple[str, list[Any]]
 
@@ -24,7 +25,9 @@ def _hex_blobs(values: Iterable[str]) -> list[bytes]:
     return [bytes.fromhex(v) for v in values]
 
 
-def _where(f: Filter, now: int, params: list[Any], skip_tag: str | None) -> list[str]:
+def _where(
+    f: Filter, now: int, params: list[Any], skip_tag: str | None, skip_search: bool = False
+) -> list[str]:
     conditions = ["(e.expiration IS NULL OR e.expiration > ?)"]
     params.append(now)
     if f.ids is not None:
@@ -45,6 +48,9 @@ def _where(f: Filter, now: int, params: list[Any], skip_tag: str | None) -> list
         params.append(name)
         inner = _in("value", values, params)
         conditions.append(f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {inner})")
+    if f.search and not skip_search:
+        conditions.append("e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+        params.append(fts_match(f.search))
     return conditions
 
 
@@ -66,7 +72,13 @@ def select_events(f: Filter, now: int) -> Query:
     """Raw JSON of the events matching `f`, newest first, ties by id, up to f.limit."""
     params: list[Any] = []
     driving = _driving_tag(f)
-    if driving is None:
+    if f.search:
+        # NIP-50: most relevant first (bm25), then newest.
+        source = "events_fts JOIN events e ON e.seq = events_fts.rowid"
+        order = "events_fts.rank, e.created_at DESC, e.id"
+        params.append(fts_match(f.search))
+        conditions = ["events_fts MATCH ?", *_where(f, now, params, None, skip_search=True)]
+    elif driving is None:
         source, order = "events e", "e.created_at DESC, e.id"
         conditions = _where(f, now, params, skip_tag=None)
     else:

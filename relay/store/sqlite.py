@@ -13,20 +13,39 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
+from relay.core import vanish
 from relay.core.canonical import loads
 from relay.core.event import HEX64, Event, event_from_raw, newer
 from relay.core.filters import Filter
 from relay.store import rules, sql
 from relay.store.base import QueryTimeout, SaveOutcome
 
-SCHEMA_VERSION = 1
+# 2: events_fts (NIP-50 search), filled from the events when its triggers are created.
+SCHEMA_VERSION = 2
 # SQLite VM steps between two looks at a query's deadline.
 PROGRESS_STEPS = 1000
 T = TypeVar("T")
+
+
+# A database whose search index was not kept (version 1, or opened with search off)
+# gets it filled from the events it holds.
+FILL_SEARCH_INDEX = """
+BEGIN IMMEDIATE;
+DELETE FROM events_fts;
+INSERT INTO events_fts (rowid, content)
+    SELECT seq, json_extract(CAST(raw AS TEXT), '$.content') FROM events;
+COMMIT;
+"""
+# With search off the index is not kept: FTS5 triples the store's own cost of an insert.
+DROP_SEARCH_INDEX = """
+DROP TRIGGER IF EXISTS events_fts_insert;
+DROP TRIGGER IF EXISTS events_fts_delete;
+DELETE FROM events_fts;
+"""
 
 
 def load_schema() -> str:
@@ -46,6 +65,20 @@ async def run_on_connection(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Co
     return await conn._execute(call)  # type: ignore[no-untyped-call, no-any-return]
 
 
+async def _connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    """aiosqlite.connect, but a failed connect waits for aiosqlite's thread to end.
+
+    On failure aiosqlite stops its thread without waiting for it; the thread then answers
+    a future on an event loop that may be closed by then (a traceback on exit).
+    """
+    connection = aiosqlite.connect(database, **kwargs)
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.to_thread(connection._thread.join, 5)
+        raise
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -53,9 +86,11 @@ class SqliteStore:
         *,
         readers: int = 2,
         synchronous: str = "FULL",
+        search: bool = True,
         query_timeout: float | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
+        self.search = search
         # Seconds a read may run before SQLite interrupts it (None: no limit).
         self.query_timeout = query_timeout
         self.reader_count = readers
@@ -73,17 +108,25 @@ class SqliteStore:
             raise OSError(f"cannot open database {self.path}: {exc}") from exc
 
     async def _connect(self) -> None:
-        self._writer = writer = await aiosqlite.connect(self.path, isolation_level=None)
+        self._writer = writer = await _connect(self.path, isolation_level=None)
         await writer.execute("PRAGMA journal_mode = WAL")
         # FULL syncs the WAL at each commit: an acknowledged event survives power loss,
         # not only a killed process. Group commit keeps that affordable.
         await writer.execute(f"PRAGMA synchronous = {self.synchronous}")
         await writer.execute("PRAGMA busy_timeout = 5000")
+        async with writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'events_fts_insert'"
+        ) as cursor:
+            index_was_kept = await cursor.fetchone() is not None
         await writer.executescript(load_schema())
+        if not self.search:
+            await writer.executescript(DROP_SEARCH_INDEX)
+        elif not index_was_kept:
+            await writer.executescript(FILL_SEARCH_INDEX)
         await writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
-            reader = await aiosqlite.connect(read_only_uri, uri=True, isolation_level=None)
+            reader = await _connect(read_only_uri, uri=True, isolation_level=None)
             self._all_readers.append(reader)
             await reader.execute("PRAGMA busy_timeout = 5000")
             self._readers.put_nowait(reader)
@@ -192,6 +235,10 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
         ).fetchone()
     ):
         return SaveOutcome.DELETED
+    if _vanished(db, event):
+        return SaveOutcome.VANISHED
+    if event.kind == vanish.VANISH_KIND:
+        _apply_vanish(db, event, pubkey)
     address = event.address
     d_tag = None
     if address is not None:
@@ -212,6 +259,44 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
     if event.kind == rules.DELETION_KIND:
         _apply_deletion(db, event, pubkey)
     return SaveOutcome.STORED
+
+
+def _vanished(db: sqlite3.Connection, event: Event) -> bool:
+    """Whether a stored request to vanish covers `event` (see vanish.erased_by)."""
+    pubkeys = {event.pubkey}
+    if event.kind == vanish.GIFT_WRAP_KIND:
+        pubkeys.update(
+            t[1] for t in event.tags if len(t) >= 2 and t[0] == "p" and HEX64.fullmatch(t[1])
+        )
+    vanished = {}
+    for key in pubkeys:
+        row = db.execute(
+            "SELECT until FROM vanished WHERE pubkey = ?", (bytes.fromhex(key),)
+        ).fetchone()
+        if row is not None:
+            vanished[key] = row[0]
+    return bool(vanished) and vanish.erased_by(event, vanished)
+
+
+def _apply_vanish(db: sqlite3.Connection, request: Event, pubkey: bytes) -> None:
+    """Erase the author's events and the gift wraps to them, up to the request (NIP-62)."""
+    until = request.created_at
+    own = db.execute(
+        "SELECT seq FROM events WHERE pubkey = ? AND created_at <= ?", (pubkey, until)
+    ).fetchall()
+    wraps = db.execute(
+        "SELECT e.seq FROM tags t JOIN events e ON e.seq = t.seq"
+        " WHERE t.name = 'p' AND t.value = ? AND e.kind = ? AND e.created_at <= ?",
+        (request.pubkey, vanish.GIFT_WRAP_KIND, until),
+    ).fetchall()
+    seqs = sorted({seq for (seq,) in own + wraps})
+    for start in range(0, len(seqs), 500):
+        _delete_seqs(db, seqs[start : start + 500])
+    db.execute(
+        "INSERT INTO vanished (pubkey, until) VALUES (?, ?)"
+        " ON CONFLICT (pubkey) DO UPDATE SET until = max(until, excluded.until)",
+        (pubkey, until),
+    )
 
 
 def _replace_address(

@@ -212,3 +212,47 @@ async def test_bad_signature_is_rejected_with_the_relays_reason(
         "invalid: bad signature",
     ]
     assert await fetch_by_ids(url_of(relay), signed["id"]) == []
+
+
+async def test_client_authenticates_by_itself_and_reads_its_dms(
+    relay: RelayServer, relay_url: Any
+) -> None:
+    """NIP-42: the SDK answers the relay's challenge with its signer and gets its DMs; a
+    client without a signer is refused them."""
+    sender, recipient = sdk.Keys.generate(), sdk.Keys.generate()
+    dm = (
+        sdk.EventBuilder(sdk.Kind(4), "ciphertext?iv=AAAA")
+        .tags([sdk.Tag.public_key(recipient.public_key())])
+        .finalize(sender)
+    )
+    made: list[Any] = []
+    try:
+        writer = sdk.ClientBuilder().build()
+        made.append(writer)
+        await bounded(writer.add_relay(relay_url), "add_relay")
+        await bounded(writer.try_connect(timedelta(seconds=5)), "try_connect")
+        output = await bounded(writer.send_event(dm), "send_event")
+        assert [str(u) for u in output.success] == [str(relay_url)], output.failed
+        dm_filter = [sdk.Filter().kind(sdk.Kind(4)).pubkey(recipient.public_key())]
+        anonymous = await bounded(
+            writer.fetch_events(sdk.ReqTarget.single(relay_url, dm_filter), timedelta(seconds=5)),
+            "fetch_events without auth",
+        )
+        assert list(anonymous) == []
+
+        # The SDK calls the Python signer back from its own threads: on this loop.
+        sdk.uniffi_set_event_loop(asyncio.get_running_loop())
+        authenticator = sdk.SignerAuthenticator(recipient)
+        reader = sdk.ClientBuilder().authenticator(authenticator).build()
+        made.append(reader)
+        await bounded(reader.add_relay(relay_url), "add_relay")
+        await bounded(reader.try_connect(timedelta(seconds=5)), "try_connect")
+        events = await bounded(
+            reader.fetch_events(sdk.ReqTarget.single(relay_url, dm_filter), timedelta(seconds=5)),
+            "fetch_events with auth",
+        )
+        assert [as_dict(e) for e in events] == [as_dict(dm)]
+    finally:
+        for client in made:
+            await bounded(client.shutdown(), "shutdown")
+        sdk.uniffi_set_event_loop(None)

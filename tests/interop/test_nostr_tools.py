@@ -35,6 +35,8 @@ CHECKS = (
     "reject_bad_signature",
     "reject_bad_id",
     "rejected_not_stored",
+    "count",
+    "auth_dm",
 )
 
 
@@ -191,3 +193,19 @@ async def test_rejected_events_are_neither_stored_nor_broadcast(
         run["live_after_eose"]["event"]["id"],
     ], run.explain("rejected_not_stored")
     assert await fetch_by_ids(url_of(relay), *result["queried_ids"]) == []
+
+
+async def test_count_answers_with_the_number_of_matches(run: Run) -> None:
+    result = run["count"]
+    assert result["error"] is None, run.explain("count")
+    assert result["count"] == 2, run.explain("count")
+
+
+async def test_recipient_authenticates_and_reads_its_dm(run: Run) -> None:
+    """nostr-tools answers the challenge (NIP-42); only then is the DM served."""
+    result = run["auth_dm"]
+    assert result["error"] is None, run.explain("auth_dm")
+    assert result["before"]["closed"].startswith("auth-required: "), run.explain("auth_dm")
+    assert result["before"]["events"] == [], run.explain("auth_dm")
+    assert result["auth"]["ok"] is True, run.explain("auth_dm")
+    assert result["after"]["events"] == [result["event"]], run.explain("auth_dm")

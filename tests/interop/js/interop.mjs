@@ -10,7 +10,7 @@
 
 import WebSocket from 'ws'
 import { Relay, useWebSocketImplementation } from 'nostr-tools/relay'
-import { finalizeEvent, generateSecretKey } from 'nostr-tools/pure'
+import { finalizeEvent, generateSecretKey, getPublicKey } from 'nostr-tools/pure'
 
 const url = process.argv[2]
 if (!url) {
@@ -259,9 +259,97 @@ async function main() {
     },
   )
 
+  // 6. NIP-45: COUNT of this run's kind-1 notes (the stored and the live one).
+  let counted = null
+  let countError = null
+  try {
+    counted = await withTimeout(reader.count([{ kinds: [1], '#t': [topic] }], {}), 'COUNT')
+  } catch (err) {
+    countError = String(err)
+  }
+  report('count', counted === (sub ? 2 : 1), { count: counted, error: countError })
+
+  // 7. NIP-42: a DM to B is refused to an anonymous REQ with auth-required; once B's client
+  //    answers the challenge (nostr-tools' onauth), the same REQ returns it.
+  await checkDirectMessages(writer, skA, skB, topic)
+
   sub?.close()
   // Give the CLOSE frames a moment to leave before the sockets close.
   await new Promise(r => setTimeout(r, 50))
+}
+
+// The stored events a filter returns up to EOSE, or the CLOSED reason.
+function query(relay, filters, id) {
+  return withTimeout(
+    new Promise(resolve => {
+      const got = []
+      const q = relay.subscribe(filters, {
+        id,
+        eoseTimeout: 10 * 60 * 1000,
+        onevent: event => got.push(plain(event)),
+        oneose: () => {
+          resolve({ events: got, closed: null })
+          q.close()
+        },
+        onclose: reason => {
+          // nostr-tools 2.25 leaves its EOSE timer running when the relay sends CLOSED;
+          // it would hold the process open for eoseTimeout.
+          clearTimeout(q.eoseTimeoutHandle)
+          resolve({ events: got, closed: reason })
+        },
+      })
+    }),
+    `EOSE or CLOSED on ${id}`,
+  )
+}
+
+async function checkDirectMessages(writer, skA, skB, topic) {
+  const dm = finalizeEvent(
+    {
+      kind: 4,
+      created_at: Math.floor(Date.now() / 1000),
+      tags: [['p', getPublicKey(skB)], ['t', topic]],
+      content: 'ciphertext?iv=AAAA',
+    },
+    skA,
+  )
+  const published = await publishOutcome(writer, dm)
+  const filters = [{ kinds: [4], '#t': [topic] }]
+  const anonymous = await connect('anonymous reader')
+  let before = null
+  let after = null
+  let authReason = null
+  let error = null
+  try {
+    before = await query(anonymous, filters, 'dm-anonymous')
+    const recipient = await connect('recipient')
+    // The relay's challenge arrives just after the connection opens; auth() answers it
+    // and resolves on the relay's OK.
+    const sign = async template => finalizeEvent(template, skB)
+    const authDone = (async () => {
+      while (!recipient.challenge) await new Promise(r => setTimeout(r, 10))
+      try {
+        return { ok: true, reason: await recipient.auth(sign) }
+      } catch (err) {
+        return { ok: false, reason: String(err) }
+      }
+    })()
+    authReason = await withTimeout(authDone, 'OK to AUTH')
+    after = await query(recipient, filters, 'dm-recipient')
+  } catch (err) {
+    error = String(err)
+  }
+  report(
+    'auth_dm',
+    published.accepted === true &&
+      before?.closed?.startsWith('auth-required: ') === true &&
+      before.events.length === 0 &&
+      authReason?.ok === true &&
+      after?.closed === null &&
+      after.events.length === 1 &&
+      sameEvent(after.events[0], dm),
+    { event: plain(dm), published, before, auth: authReason, after, error },
+  )
 }
 
 const watchdog = setTimeout(() => {
