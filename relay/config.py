@@ -123,8 +123,9 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        names = {f.name for f in fields(Limits)}
-        return Limits(**{name: getattr(self, name) for name in names})
+        names = {f.name for f in fields(Limits)} - {"restricted_writes"}
+        restricted = bool(self.pubkey_allowlist or self.kind_allowlist)
+        return Limits(**{name: getattr(self, name) for name in names}, restricted_writes=restricted)
 
     @property
     def info(self) -> RelayInfo:

@@ -182,3 +182,20 @@ async def test_subscriptions_refused_for_values_keep_the_connection(
     event = keys.sign()
     assert (await client.publish(event))[2] is True
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "restricted"),
+    [
+        ({}, False),
+        ({"pubkey_denylist": ("a" * 64,), "kind_denylist": (4,)}, False),  # anti-spam only
+        ({"pubkey_allowlist": ("a" * 64,)}, True),
+        ({"kind_allowlist": (1,)}, True),
+        ({"min_pow_difficulty": 1}, True),
+    ],
+)
+async def test_restricted_writes_advertised_for_allowlists_and_pow(
+    start_relay: RelayFactory, settings: dict[str, Any], restricted: bool
+) -> None:
+    relay = await start_relay(**settings)
+    assert (await fetch_limitation(relay))["restricted_writes"] is restricted

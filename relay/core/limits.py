@@ -27,6 +27,9 @@ class Limits:
     max_req_results: int = 10000
     # NIP-13 leading zero bits a new event's id must have; 0 turns the check off.
     min_pow_difficulty: int = 0
+    # NIP-11: writers must meet a condition they should know of beforehand (a pubkey or
+    # kind allowlist, proof of work); denylists are anti-spam and do not count.
+    restricted_writes: bool = False
     # Seconds into the past / future a new event's created_at may be.
     created_at_lower_limit: int = 94608000
     created_at_upper_limit: int = 900
@@ -48,5 +51,5 @@ class Limits:
             "created_at_upper_limit": self.created_at_upper_limit,
             "auth_required": False,
             "payment_required": False,
-            "restricted_writes": False,
+            "restricted_writes": self.restricted_writes or self.min_pow_difficulty > 0,
         }
