@@ -149,6 +149,12 @@ async def test_long_queries_are_interrupted_and_others_still_answered(
             "all",
             "error: the query took too long, narrow the filter",
         ]
+        await hog.send(["COUNT", "n", {"kinds": [1]}])
+        assert await hog.recv() == [
+            "CLOSED",
+            "n",
+            "error: the count took too long, narrow the filter",
+        ]
         # A narrow query on the same single reader connection is answered.
         assert await other.req("one", {"ids": [target["id"]]}) == [target]
         # The subscription was closed: no live events for it.

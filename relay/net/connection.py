@@ -260,6 +260,9 @@ class ClientConnection:
     async def _send_count(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         try:
             n = await self.relay.count(filters, self.session.auth.pubkeys)
+        except QueryTimeout:
+            self.send(messages.closed(sub_id, "error: the count took too long, narrow the filter"))
+            return
         except Exception:
             log.exception("count failed for %s", self.peer)
             self.send(messages.closed(sub_id, "error: the count failed"))

@@ -13,7 +13,7 @@ from relay.core.errors import ClientError, RateLimited
 from relay.core.event import Event
 from relay.core.pow import check_pow
 from relay.core.ratelimit import RateLimiter
-from relay.core.write_policy import ACCEPT, SHADOW_REJECT, Action, Decision, Source, reject
+from relay.core.write_policy import ACCEPT, Action, Decision, Source, reject
 from relay.net.plugin import FAILED, WritePolicyPlugin
 
 log = logging.getLogger("relay.policy")
@@ -89,6 +89,3 @@ def _run_callable(policy: PolicyCallable, event: Event, source: Source) -> Decis
         log.error("write policy %r returned %r, not a Decision", policy, decision)
         return FAILED
     return decision
-
-
-__all__ = ["ACCEPT", "SHADOW_REJECT", "WritePolicy", "load_callable", "reject"]
