@@ -1,13 +1,15 @@
-"""Faults: kill -9 during heavy ingest (repeated) and a full or read-only database."""
+"""Faults: kill -9 during heavy ingest (repeated), a full disk and a read-only database."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from relay.net.server import RelayServer
@@ -93,51 +95,75 @@ async def test_kill_9_during_ingest_repeated_loses_nothing_acknowledged(
 # --- a full disk ----------------------------------------------------------------------------
 
 
-async def cap_database_size(relay: RelayServer, pages: int | None) -> None:
-    """Test hook: SQLite's max_page_count makes the file 'full' at its current size."""
+async def on_writer(relay: RelayServer, statement: str) -> None:
+    """Test hook: run a PRAGMA on the store's writer connection."""
+    store = relay.store
+    assert isinstance(store, SqliteStore)
+    await run_on_connection(store.writer, lambda db: db.execute(statement).fetchall())
+
+
+async def fill_disk(relay: RelayServer) -> None:
+    """SQLite's max_page_count makes the file 'full' at its current size (no root needed)."""
     store = relay.store
     assert isinstance(store, SqliteStore)
 
-    def apply(db: sqlite3.Connection) -> None:
-        limit = pages if pages is not None else db.execute("PRAGMA page_count").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count = {int(limit)}")
+    def cap(db: sqlite3.Connection) -> None:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {int(pages)}")
 
-    await run_on_connection(store.writer, apply)
+    await run_on_connection(store.writer, cap)
 
 
-async def test_full_disk_refuses_with_error_keeps_reads_and_recovers(
-    start_relay: RelayFactory, keys: Keys
+async def free_disk(relay: RelayServer) -> None:
+    await on_writer(relay, "PRAGMA max_page_count = 1073741823")
+
+
+async def make_read_only(relay: RelayServer) -> None:
+    # chmod cannot make a file read-only for root; query_only refuses every write alike.
+    await on_writer(relay, "PRAGMA query_only = ON")
+
+
+async def make_writable(relay: RelayServer) -> None:
+    await on_writer(relay, "PRAGMA query_only = OFF")
+
+
+Fault = Callable[[RelayServer], Awaitable[None]]
+# Each fault and its repair.
+FAULTS: dict[str, tuple[Fault, Fault]] = {
+    "full disk": (fill_disk, free_disk),
+    "read-only database": (make_read_only, make_writable),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
+    start_relay: RelayFactory, keys: Keys, fault: str
 ) -> None:
     relay = await start_relay()
     client = await Client.connect(url_of(relay))
-    before = keys.sign(content="stored before the disk filled")
+    before = keys.sign(content="stored before the fault")
     assert (await client.publish(before))[2] is True
 
-    await cap_database_size(relay, None)
-    refused = []
+    break_it, repair = FAULTS[fault]
+    await break_it(relay)
     oks: dict[str, list[Any]] = {}
     for n in range(40):
         event = keys.sign(content=f"{n} " + "x" * 4000)
         oks[event["id"]] = await client.publish(event)
     refused = [i for i, ok in oks.items() if ok[2] is False]
-    assert refused, "the database never filled up"
+    assert refused, "no write was refused"
     for event_id in refused:
         assert oks[event_id][3].startswith("error: "), oks[event_id]
-    # Reads still work, and nothing acknowledged is missing or refused is present.
+    # Reads still work; nothing acknowledged is missing and nothing refused is there.
     reader = await Client.connect(url_of(relay))
     found = {e["id"] for e in await reader.req("all", {"authors": [keys.pubkey], "limit": 100})}
     assert before["id"] in found
     assert {i for i, ok in oks.items() if ok[2] is True} <= found
     assert not found & set(refused)
 
-    await cap_database_size(relay, 2**30)  # space returns
-    after = keys.sign(content="stored after space returned")
+    await repair(relay)
+    after = keys.sign(content="x" * 4000)
     assert await client.publish(after) == ["OK", after["id"], True, ""]
-    retried = keys.sign(content="x" * 4000)
-    assert (await client.publish(retried))[2] is True
-    assert {e["id"] for e in await reader.req("new", {"ids": [after["id"], retried["id"]]})} == {
-        after["id"],
-        retried["id"],
-    }
+    assert await reader.req("new", {"ids": [after["id"]]}) == [after]
     await reader.close()
     await client.close()
