@@ -21,6 +21,7 @@ def build_relay(settings: Settings) -> RelayServer:
         db,
         readers=settings.readers,
         synchronous=settings.synchronous.upper(),
+        query_timeout=settings.query_timeout,
         search=settings.search_enabled,
     )
     return RelayServer(settings, store)

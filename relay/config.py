@@ -17,9 +17,11 @@ from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage", "nips")
+SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+# List-valued settings holding kinds; the other lists hold strings.
+KIND_LISTS = frozenset({"auth_required_kinds", "kind_allowlist", "kind_denylist"})
 
 
 DEFAULT_LIMITS = Limits()
@@ -37,6 +39,13 @@ class Settings:
     log_level: str = "INFO"
     max_outbox_bytes: int = 8 * 1024 * 1024
     compression: str = "deflate"
+    # Seconds between WebSocket pings and to wait for the pong (0: no pings).
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    # Seconds to wait for a peer's close frame before dropping the TCP connection.
+    close_timeout: float = 10.0
+    # Seconds a REQ's stored-event query may run before it is interrupted.
+    query_timeout: float = 10.0
     # storage
     db: str = "./relay.sqlite"
     readers: int = 2
@@ -59,6 +68,33 @@ class Settings:
     max_content_length: int = DEFAULT_LIMITS.max_content_length
     created_at_lower_limit: int = DEFAULT_LIMITS.created_at_lower_limit
     created_at_upper_limit: int = DEFAULT_LIMITS.created_at_upper_limit
+    max_event_size: int = DEFAULT_LIMITS.max_event_size
+    max_tag_value_length: int = DEFAULT_LIMITS.max_tag_value_length
+    max_filter_values: int = DEFAULT_LIMITS.max_filter_values
+    max_req_results: int = DEFAULT_LIMITS.max_req_results
+    min_pow_difficulty: int = DEFAULT_LIMITS.min_pow_difficulty
+    # rate limits: token buckets, refill per second and burst size (rate 0: no limit)
+    event_rate_per_ip: float = 0.0
+    event_burst_per_ip: int = 20
+    event_rate_per_pubkey: float = 0.0
+    event_burst_per_pubkey: int = 20
+    req_rate_per_connection: float = 0.0
+    req_burst_per_connection: int = 20
+    max_connections_per_ip: int = 0
+    # The header a trusted reverse proxy puts the client address in; "" trusts none.
+    trusted_proxy_header: str = ""
+    # policy
+    pubkey_allowlist: tuple[str, ...] = ()
+    pubkey_denylist: tuple[str, ...] = ()
+    kind_allowlist: tuple[int, ...] = ()
+    kind_denylist: tuple[int, ...] = ()
+    # Python write-policy callables as "module:function", run in order.
+    write_policies: tuple[str, ...] = ()
+    # A strfry-compatible write-policy plugin command; "" runs none.
+    write_policy_plugin: str = ""
+    plugin_timeout: float = 2.0
+    # What an event gets when the plugin fails: "reject" (error:) or "accept".
+    plugin_fallback: str = "reject"
     # nips: optional protocol features, each advertised in NIP-11 exactly when on.
     # The URL clients use for this relay (NIP-42, NIP-62); "" means ws://host:port/.
     relay_url: str = ""
@@ -88,8 +124,9 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        names = {f.name for f in fields(Limits)}
-        return Limits(**{name: getattr(self, name) for name in names})
+        names = {f.name for f in fields(Limits)} - {"restricted_writes"}
+        restricted = bool(self.pubkey_allowlist or self.kind_allowlist)
+        return Limits(**{name: getattr(self, name) for name in names}, restricted_writes=restricted)
 
     @property
     def info(self) -> RelayInfo:
@@ -104,7 +141,11 @@ def _convert(name: str, value: Any) -> Any:
     if expected is bool:
         return _convert_bool(name, value)
     if expected is tuple:
-        return _convert_kinds(name, value)
+        if name in KIND_LISTS:
+            return _convert_kinds(name, value)
+        return _convert_strings(name, value)
+    if expected is float:
+        return _convert_float(name, value)
     if expected is int:
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
@@ -114,6 +155,26 @@ def _convert(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, not {value!r}")
     return value
+
+
+def _convert_float(name: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if type(value) not in (int, float) or value != value or value in (float("inf"), -float("inf")):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    return float(value)
+
+
+def _convert_strings(name: str, value: Any) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or comma-separated text (environment, CLI)."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+    return tuple(value)
 
 
 def _convert_bool(name: str, value: Any) -> bool:
@@ -185,6 +246,7 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
         )
+    _validate_abuse_settings(settings)
     if settings.relay_url and not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", settings.relay_url):
         raise ConfigError("relay_url must be a ws:// or wss:// URL")
     for name in (
@@ -197,6 +259,36 @@ def validate(settings: Settings) -> Settings:
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     return settings
+
+
+def _validate_abuse_settings(settings: Settings) -> None:
+    for name in ("pubkey_allowlist", "pubkey_denylist"):
+        for pubkey in getattr(settings, name):
+            if not re.fullmatch(r"[0-9a-f]{64}", pubkey):
+                raise ConfigError(f"{name}: {pubkey!r} is not 64 lowercase hex characters")
+    for entry in settings.write_policies:
+        if not re.fullmatch(r"[\w.]+:\w+", entry):
+            raise ConfigError(f"write_policies: {entry!r} is not module:function")
+    if settings.plugin_fallback not in ("reject", "accept"):
+        raise ConfigError("plugin_fallback must be reject or accept")
+    if not 0 <= settings.min_pow_difficulty <= 256:
+        raise ConfigError("min_pow_difficulty must be from 0 to 256")
+    for name in FIELD_TYPES:
+        if FIELD_TYPES[name] is float and getattr(settings, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    for name in (
+        "max_event_size",
+        "max_tag_value_length",
+        "max_filter_values",
+        "max_req_results",
+        "event_burst_per_ip",
+        "event_burst_per_pubkey",
+        "req_burst_per_connection",
+    ):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if settings.plugin_timeout <= 0 or settings.query_timeout <= 0:
+        raise ConfigError("plugin_timeout and query_timeout must be more than 0")
 
 
 def load(

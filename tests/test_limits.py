@@ -7,6 +7,7 @@ fails when the relay advertises a limitation no test here covers.
 
 from __future__ import annotations
 
+import importlib
 import secrets
 import time
 from typing import Any
@@ -361,8 +362,20 @@ COVERAGE = {
 }
 
 
+# Advertised only when enabled; tested in another module.
+OPTIONAL_COVERAGE = {"min_pow_difficulty": ("tests.test_abuse_limits", "test_min_pow_difficulty")}
+
+
 async def test_every_advertised_limitation_is_tested(relay: RelayServer) -> None:
     limitation = await fetch_limitation(relay)
     assert set(limitation) == set(COVERAGE), "advertised limitations and tests here differ"
     for name, test in COVERAGE.items():
         assert callable(globals().get(test)), f"{name}: no test function {test}"
+
+
+async def test_every_optional_limitation_is_tested(start_relay: RelayFactory) -> None:
+    relay = await start_relay(min_pow_difficulty=1)
+    limitation = await fetch_limitation(relay)
+    assert set(limitation) == set(COVERAGE) | set(OPTIONAL_COVERAGE)
+    for name, (module, test) in OPTIONAL_COVERAGE.items():
+        assert callable(getattr(importlib.import_module(module), test, None)), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,9 @@ def parse_message(frame: bytes | str) -> ClientMessage:
     if type(verb) is str and verb in SUBSCRIPTION_VERBS_UNSUPPORTED:
         sub_id = data[1] if len(data) > 1 and type(data[1]) is str else None
         raise MessageError(f"{verb} is not supported", prefix="unsupported", sub_id=sub_id)
-    raise MessageError(f"unknown message type {str(verb)[:32]!r}")
+    # reprlib stops at a few levels: str() of a deeply nested list would hit the recursion limit.
+    shown = reprlib.repr(verb) if isinstance(verb, (list, dict)) else str(verb)
+    raise MessageError(f"unknown message type {shown[:32]!r}")
 
 
 def _parse_event(data: list[Any], verb: str = "EVENT") -> EventMessage:

@@ -23,6 +23,15 @@ def default_write_checks(limits: Limits) -> list[WriteCheck]:
         if len(event.tags) > limits.max_event_tags:
             raise Invalid(f"event has more than {limits.max_event_tags} tags")
 
+    def event_size(event: Event, now: int) -> None:
+        if len(event.raw) > limits.max_event_size:
+            raise Invalid(f"event is larger than {limits.max_event_size} bytes")
+
+    def tag_value_length(event: Event, now: int) -> None:
+        longest = limits.max_tag_value_length
+        if any(len(value) > longest for tag in event.tags for value in tag):
+            raise Invalid(f"a tag value is longer than {longest} characters")
+
     def created_at_window(event: Event, now: int) -> None:
         if event.created_at < now - limits.created_at_lower_limit:
             raise Invalid("created_at is too far in the past")
@@ -34,7 +43,14 @@ def default_write_checks(limits: Limits) -> list[WriteCheck]:
         if expiration is not None and expiration <= now:
             raise Invalid("event has expired")
 
-    return [content_length, tag_count, created_at_window, not_expired]
+    return [
+        content_length,
+        tag_count,
+        event_size,
+        tag_value_length,
+        created_at_window,
+        not_expired,
+    ]
 
 
 def check_write(checks: Sequence[WriteCheck], event: Event, now: int) -> None:

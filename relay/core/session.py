@@ -53,6 +53,12 @@ class Session:
                 Invalid(f"a REQ may hold at most {limits.max_filters} filters"),
                 sub_id=req.sub_id,
             )
+        too_many = _filter_with_too_many_values(req.filters, limits.max_filter_values)
+        if too_many is not None:
+            raise ReqRefused.wrap(
+                Invalid(f"{too_many} holds more than {limits.max_filter_values} values"),
+                sub_id=req.sub_id,
+            )
 
     def close(self, sub_id: str) -> bool:
         return self.subscriptions.pop(sub_id, None) is not None
@@ -60,6 +66,18 @@ class Session:
     def _clamp(self, f: Filter) -> Filter:
         limit = self.limits.default_limit if f.limit is None else f.limit
         return f.with_limit(min(limit, self.limits.max_limit))
+
+
+def _filter_with_too_many_values(filters: tuple[Filter, ...], most: int) -> str | None:
+    """The name of the first filter field with more than `most` values, if any."""
+    for f in filters:
+        for name, values in (("ids", f.ids), ("authors", f.authors), ("kinds", f.kinds)):
+            if values is not None and len(values) > most:
+                return name
+        for tag, tag_values in f.tags:
+            if len(tag_values) > most:
+                return f"#{tag}"
+    return None
 
 
 def _size_in_bytes(frame: bytes | str, limit: int) -> int:

@@ -14,12 +14,22 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import auth, messages
-from relay.core.errors import AuthRequired, ClientError, MessageError, ReqRefused, Unsupported
+from relay.core.errors import (
+    AuthRequired,
+    ClientError,
+    MessageError,
+    RateLimited,
+    ReqRefused,
+    Unsupported,
+)
 from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter
 from relay.core.messages import AuthMessage, CloseMessage, CountMessage, EventMessage, ReqMessage
+from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session
+from relay.core.write_policy import Source
 from relay.net.outbox import Outbox
+from relay.store.base import QueryTimeout
 
 if TYPE_CHECKING:
     from relay.net.server import RelayServer
@@ -30,13 +40,21 @@ log = logging.getLogger("relay.connection")
 MAX_EVENTS_IN_FLIGHT = 256
 BINARY_NOTICE = messages.notice("invalid: binary frames are not supported, send JSON as text")
 INTERNAL_ERROR_NOTICE = messages.notice("error: the relay failed on this message")
+OVERFLOW_NOTICE = messages.notice("error: too many unread messages, disconnecting")
+# Seconds the overflow NOTICE may take to reach the socket's buffer before the close.
+OVERFLOW_NOTICE_SECONDS = 1.0
 
 
 class ClientConnection:
-    def __init__(self, ws: ServerConnection, relay: RelayServer, peer: str) -> None:
+    def __init__(self, ws: ServerConnection, relay: RelayServer, peer: str, ip: str = "") -> None:
         self.ws = ws
         self.relay = relay
         self.peer = peer
+        self.ip = ip
+        settings = relay.settings
+        self.req_rate = RateLimiter(
+            settings.req_rate_per_connection, settings.req_burst_per_connection
+        )
         self.session = Session(relay.settings.limits)
         self.outbox = Outbox(ws, relay.settings.max_outbox_bytes, self._on_overflow)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -112,6 +130,9 @@ class ClientConnection:
 
     async def _accept_event(self, event: Event) -> None:
         self.events_received += 1
+        if not self.relay.event_rate_per_ip.allow(self.ip):
+            self.send(messages.ok(event.id, False, "rate-limited: too many events, slow down"))
+            return
         try:
             auth.check_write(event, self.session.auth, self.relay.auth)
         except ClientError as error:
@@ -141,14 +162,25 @@ class ClientConnection:
 
     async def _ingest(self, event: Event) -> None:
         try:
-            accepted, reason = await self.relay.ingest(event)
+            source = Source(self.ip, int(time.time()))
+            accepted, reason = await self.relay.ingest(event, source)
         except Exception:
             # Every EVENT gets its OK, even when our own code fails on it.
             log.exception("could not ingest %s from %s", event.id, self.peer)
             accepted, reason = False, "error: the relay failed on this event, try again later"
         self.send(messages.ok(event.id, accepted, reason))
 
+    def _rate_limited(self, sub_id: str) -> bool:
+        """Takes a token from the connection's REQ/COUNT bucket; refuses when it is empty."""
+        if self.req_rate.allow(None):
+            return False
+        limited = RateLimited("too many subscriptions opened, slow down")
+        self._refuse(ReqRefused.wrap(limited, sub_id=sub_id))
+        return True
+
     def _open(self, req: ReqMessage) -> None:
+        if self._rate_limited(req.sub_id):
+            return
         try:
             self._check_read(req.sub_id, req.filters)
             filters = self.session.open(req)
@@ -166,11 +198,15 @@ class ClientConnection:
     async def _send_stored(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         try:
             stored = await self.relay.query(filters)
-        except Exception:
-            log.exception("query failed for %s", self.peer)
+        except Exception as exc:
+            if isinstance(exc, QueryTimeout):
+                reason = "error: the query took too long, narrow the filter"
+            else:
+                log.exception("query failed for %s", self.peer)
+                reason = "error: the query failed"
             self._queries.pop(sub_id, None)
             self._close(sub_id)
-            self.send(messages.closed(sub_id, "error: the query failed"))
+            self.send(messages.closed(sub_id, reason))
             return
         sub_id_json = self._sub_ids_json[sub_id]
         stored = self._readable(filters, stored)
@@ -211,6 +247,8 @@ class ClientConnection:
         if not self.relay.settings.count_enabled:
             self.send(messages.closed(request.sub_id, "unsupported: COUNT is not enabled here"))
             return
+        if self._rate_limited(request.sub_id):
+            return
         try:
             self._check_read(request.sub_id, request.filters)
             filters = self.session.count(request)
@@ -222,6 +260,9 @@ class ClientConnection:
     async def _send_count(self, sub_id: str, filters: tuple[Filter, ...]) -> None:
         try:
             n = await self.relay.count(filters, self.session.auth.pubkeys)
+        except QueryTimeout:
+            self.send(messages.closed(sub_id, "error: the count took too long, narrow the filter"))
+            return
         except Exception:
             log.exception("count failed for %s", self.peer)
             self.send(messages.closed(sub_id, "error: the count failed"))
@@ -262,6 +303,11 @@ class ClientConnection:
         asyncio.get_running_loop().create_task(self._close_slow())
 
     async def _close_slow(self) -> None:
+        # Past the queue: the transport buffers it even when the client reads nothing.
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            await asyncio.wait_for(
+                self.ws.send(OVERFLOW_NOTICE, text=True), OVERFLOW_NOTICE_SECONDS
+            )
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(code=1008, reason="too many unread messages")
 

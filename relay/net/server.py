@@ -15,10 +15,14 @@ from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.policy import check_write, default_write_checks
+from relay.core.ratelimit import RateLimiter
 from relay.core.subscriptions import SubscriptionIndex
+from relay.core.write_policy import Action, Source
+from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
 from relay.net.verifier import SignatureVerifier
+from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
@@ -41,6 +45,11 @@ class RelayServer:
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
         self.connections: set[ClientConnection] = set()
         self.write_checks = default_write_checks(settings.limits)
+        self.write_policy = WritePolicy(settings)
+        self.event_rate_per_ip = RateLimiter(
+            settings.event_rate_per_ip, settings.event_burst_per_ip
+        )
+        self.connections_per_ip = ConnectionCounter(settings.max_connections_per_ip)
         # Rebuilt with the listening port once known: relay_url may derive from it.
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
@@ -72,7 +81,14 @@ class RelayServer:
                 self._handle,
                 self.settings.host,
                 self.settings.port,
-                process_request=HttpResponder(info, lambda: self.accepting),
+                process_request=AdmissionControl(
+                    self.connections_per_ip,
+                    self.settings.trusted_proxy_header,
+                    HttpResponder(info, lambda: self.accepting),
+                ),
+                ping_interval=self.settings.ping_interval or None,
+                ping_timeout=self.settings.ping_timeout or None,
+                close_timeout=self.settings.close_timeout,
                 max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
                 max_queue=16,
                 # permessage-deflate keeps a compressor per connection: about 33 KiB more
@@ -96,6 +112,8 @@ class RelayServer:
         if self._server is not None:
             # Stop listening only: websockets' close() runs once, so connections close below.
             self._server.server.close()
+        # A plugin finishes the event it holds (or is killed) before the writer closes.
+        await self.write_policy.close()
         await self.writer.close()
         await self._settle_connections()
         if self._server is not None:
@@ -116,13 +134,24 @@ class RelayServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)
-        connection = ClientConnection(ws, self, peer)
+        ip = client_ip(
+            ws.request.headers if ws.request else None,
+            ws.remote_address,
+            self.settings.trusted_proxy_header,
+        )
+        if self.connections_per_ip.full(ip):
+            # Upgrades that raced past the check in AdmissionControl.
+            await ws.close(code=1008, reason="rate-limited: too many connections")
+            return
+        self.connections_per_ip.add(ip)
+        connection = ClientConnection(ws, self, peer, ip)
         self.connections.add(connection)
         started = time.monotonic()
         log.info("%s connected", peer)
         try:
             await connection.run()
         finally:
+            self.connections_per_ip.remove(ip)
             self.connections.discard(connection)
             log.info(
                 "%s disconnected after %.1fs (code %s, %d events)",
@@ -132,17 +161,24 @@ class RelayServer:
                 connection.events_received,
             )
 
-    async def ingest(self, event: Event) -> tuple[bool, str]:
+    async def ingest(self, event: Event, source: Source | None = None) -> tuple[bool, str]:
         """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
         if not self.accepting:
             return False, "error: the relay is shutting down"
+        now = int(time.time())
         try:
-            check_write(self.write_checks, event, int(time.time()))
+            check_write(self.write_checks, event, now)
             vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
+            self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
         if not await self.verifier.verify(event):
             return False, "invalid: bad signature"
+        decision = await self.write_policy.decide(event, source or Source("", now))
+        if decision.action is Action.REJECT:
+            return False, decision.ok_reason
+        if decision.action is Action.SHADOW_REJECT:
+            return True, ""
         if event.is_ephemeral:
             self.broadcast(event)
             return True, ""
@@ -159,7 +195,9 @@ class RelayServer:
     async def query(self, filters: Sequence[Filter]) -> list[bytes]:
         if all(f.limit == 0 for f in filters):
             return []
-        return await self.store.query(filters, int(time.time()))
+        found = await self.store.query(filters, int(time.time()))
+        # Each filter is clamped to max_limit; this caps the REQ as a whole.
+        return found[: self.settings.max_req_results]
 
     async def count(self, filters: Sequence[Filter], readers: set[str]) -> int:
         """NIP-45: distinct stored events matching any filter that `readers` may read.

@@ -10,6 +10,10 @@ from relay.core.event import Event
 from relay.core.filters import Filter
 
 
+class QueryTimeout(Exception):
+    """A query ran past the store's time limit and was interrupted."""
+
+
 class SaveOutcome(Enum):
     """What became of one event handed to `save_many`, and the OK it earns."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -21,10 +22,12 @@ from relay.core.canonical import loads
 from relay.core.event import HEX64, Event, event_from_raw, newer
 from relay.core.filters import Filter
 from relay.store import rules, sql
-from relay.store.base import SaveOutcome
+from relay.store.base import QueryTimeout, SaveOutcome
 
 # 2: events_fts (NIP-50 search), filled from the events when its triggers are created.
 SCHEMA_VERSION = 2
+# SQLite VM steps between two looks at a query's deadline.
+PROGRESS_STEPS = 1000
 T = TypeVar("T")
 
 
@@ -78,10 +81,18 @@ async def _connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
 
 class SqliteStore:
     def __init__(
-        self, path: str | Path, *, readers: int = 2, synchronous: str = "FULL", search: bool = True
+        self,
+        path: str | Path,
+        *,
+        readers: int = 2,
+        synchronous: str = "FULL",
+        search: bool = True,
+        query_timeout: float | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
         self.search = search
+        # Seconds a read may run before SQLite interrupts it (None: no limit).
+        self.query_timeout = query_timeout
         self.reader_count = readers
         self.synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
@@ -142,6 +153,8 @@ class SqliteStore:
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         reader = await self._readers.get()
+        if self.query_timeout is not None:
+            fn = _with_deadline(fn, self.query_timeout)
         try:
             return await run_on_connection(reader, fn)
         finally:
@@ -159,6 +172,26 @@ class SqliteStore:
             return 0
         statement, params = sql.count_events(matchable, now)
         return await self._read(lambda db: int(db.execute(statement, params).fetchone()[0]))
+
+
+def _with_deadline(
+    fn: Callable[[sqlite3.Connection], T], seconds: float
+) -> Callable[[sqlite3.Connection], T]:
+    """`fn`, interrupted by SQLite's progress handler once it has run `seconds`."""
+
+    def bounded(db: sqlite3.Connection) -> T:
+        deadline = time.monotonic() + seconds
+        db.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        try:
+            return fn(db)
+        except sqlite3.OperationalError as exc:
+            if "interrupt" in str(exc):
+                raise QueryTimeout(f"query ran longer than {seconds}s") from exc
+            raise
+        finally:
+            db.set_progress_handler(None, 0)
+
+    return bounded
 
 
 def _run_queries(db: sqlite3.Connection, queries: list[sql.Query]) -> list[bytes]:

@@ -1,0 +1,169 @@
+"""Faults: kill -9 during heavy ingest (repeated), a full disk and a read-only database."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from relay.net.server import RelayServer
+from relay.store.sqlite import SqliteStore, run_on_connection
+from tests.conftest import RelayFactory, RelayProcess, fetch_by_ids, url_of, wait_for
+from tests.nostr import Client, Keys
+
+ROUNDS = 3
+PUBLISHERS = 2
+EVENTS_EACH = 400
+# OKs to wait for before the kill: ingest is in full swing then.
+KILL_AFTER_OKS = 150
+
+
+def stored_ids(db: Path) -> set[str]:
+    with closing(sqlite3.connect(db)) as conn:
+        return {row[0].hex() for row in conn.execute("SELECT id FROM events")}
+
+
+def integrity(db: Path) -> str:
+    with closing(sqlite3.connect(db)) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+async def collect_oks(client: Client, oks: dict[str, bool]) -> None:
+    """Every OK until the connection dies."""
+    try:
+        while True:
+            frame = await client.recv(timeout=30)
+            if frame[0] == "OK":
+                oks[frame[1]] = frame[2]
+    except (ConnectionClosed, OSError):
+        return
+
+
+async def send_until_dead(client: Client, events: list[dict[str, Any]]) -> None:
+    try:
+        for event in events:
+            await client.send(["EVENT", event])
+    except (ConnectionClosed, OSError):
+        return
+
+
+async def one_round(process: RelayProcess, round_no: int) -> set[str]:
+    """Publish hard from several connections, kill -9 midway; the ids that got OK true."""
+    await asyncio.to_thread(process.start)
+    assert process.proc is not None
+    keys = Keys()
+    events = [
+        [keys.sign(content=f"round {round_no} publisher {p} event {n}") for n in range(EVENTS_EACH)]
+        for p in range(PUBLISHERS)
+    ]
+    clients = [await Client.connect(process.url) for _ in range(PUBLISHERS)]
+    oks: dict[str, bool] = {}
+    readers = [asyncio.create_task(collect_oks(c, oks)) for c in clients]
+    senders = [
+        asyncio.create_task(send_until_dead(c, e)) for c, e in zip(clients, events, strict=True)
+    ]
+    await wait_for(lambda: len(oks) >= KILL_AFTER_OKS, timeout=30)
+    process.kill()
+    await asyncio.gather(*readers, *senders)
+    assert len(oks) < PUBLISHERS * EVENTS_EACH, "the kill came after the last OK"
+    assert all(oks.values()), "a plain event was refused"
+    return set(oks)
+
+
+async def test_kill_9_during_ingest_repeated_loses_nothing_acknowledged(
+    relay_process: Any,
+) -> None:
+    acknowledged: set[str] = set()
+    for round_no in range(ROUNDS):
+        process: RelayProcess = relay_process()  # the same database file every round
+        acknowledged |= await one_round(process, round_no)
+        assert integrity(process.db) == "ok"
+        assert acknowledged <= stored_ids(process.db), "an acknowledged event is missing"
+    final: RelayProcess = relay_process()
+    await asyncio.to_thread(final.start)
+    some = sorted(acknowledged)[:500]
+    assert {e["id"] for e in await fetch_by_ids(final.url, *some)} == set(some)
+    final.kill()
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+async def on_writer(relay: RelayServer, statement: str) -> None:
+    """Test hook: run a PRAGMA on the store's writer connection."""
+    store = relay.store
+    assert isinstance(store, SqliteStore)
+    await run_on_connection(store.writer, lambda db: db.execute(statement).fetchall())
+
+
+async def fill_disk(relay: RelayServer) -> None:
+    """SQLite's max_page_count makes the file 'full' at its current size (no root needed)."""
+    store = relay.store
+    assert isinstance(store, SqliteStore)
+
+    def cap(db: sqlite3.Connection) -> None:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+    await run_on_connection(store.writer, cap)
+
+
+async def free_disk(relay: RelayServer) -> None:
+    await on_writer(relay, "PRAGMA max_page_count = 1073741823")
+
+
+async def make_read_only(relay: RelayServer) -> None:
+    # chmod cannot make a file read-only for root; query_only refuses every write alike.
+    await on_writer(relay, "PRAGMA query_only = ON")
+
+
+async def make_writable(relay: RelayServer) -> None:
+    await on_writer(relay, "PRAGMA query_only = OFF")
+
+
+Fault = Callable[[RelayServer], Awaitable[None]]
+# Each fault and its repair.
+FAULTS: dict[str, tuple[Fault, Fault]] = {
+    "full disk": (fill_disk, free_disk),
+    "read-only database": (make_read_only, make_writable),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
+    start_relay: RelayFactory, keys: Keys, fault: str
+) -> None:
+    relay = await start_relay()
+    client = await Client.connect(url_of(relay))
+    before = keys.sign(content="stored before the fault")
+    assert (await client.publish(before))[2] is True
+
+    break_it, repair = FAULTS[fault]
+    await break_it(relay)
+    oks: dict[str, list[Any]] = {}
+    for n in range(40):
+        event = keys.sign(content=f"{n} " + "x" * 4000)
+        oks[event["id"]] = await client.publish(event)
+    refused = [i for i, ok in oks.items() if ok[2] is False]
+    assert refused, "no write was refused"
+    for event_id in refused:
+        assert oks[event_id][3].startswith("error: "), oks[event_id]
+    # Reads still work; nothing acknowledged is missing and nothing refused is there.
+    reader = await Client.connect(url_of(relay))
+    found = {e["id"] for e in await reader.req("all", {"authors": [keys.pubkey], "limit": 100})}
+    assert before["id"] in found
+    assert {i for i, ok in oks.items() if ok[2] is True} <= found
+    assert not found & set(refused)
+
+    await repair(relay)
+    after = keys.sign(content="x" * 4000)
+    assert await client.publish(after) == ["OK", after["id"], True, ""]
+    assert await reader.req("new", {"ids": [after["id"]]}) == [after]
+    await reader.close()
+    await client.close()
