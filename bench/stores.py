@@ -68,7 +68,7 @@ class Dataset:
         rng: random.Random,
         log: Any,
     ) -> None:
-        store = SqliteStore(db, readers=1, synchronous="OFF")
+        store = SqliteStore(db, readers=1, synchronous="OFF", search=False)
         await store.open()
         try:
             done = 0

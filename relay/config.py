@@ -105,7 +105,9 @@ class Settings:
     # Kinds 4, 13, 14, 15, 1059 go only to their authenticated author or `p` recipient.
     dm_privacy: bool = True
     count_enabled: bool = True
-    search_enabled: bool = True
+    # Off by default: the FTS5 index makes every insert cost the writer about twice as much
+    # (bench/README.md); operators who want NIP-50 switch it on.
+    search_enabled: bool = False
     vanish_enabled: bool = True
 
     def public_url(self, port: int) -> str:

@@ -33,7 +33,9 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
         settings = replace(
             Settings(host="127.0.0.1", port=0, db=str(tmp_path / "relay.sqlite")), **overrides
         )
-        relay = RelayServer(settings, SqliteStore(settings.db, synchronous="NORMAL"))
+        relay = RelayServer(
+            settings, SqliteStore(settings.db, synchronous="NORMAL", search=settings.search_enabled)
+        )
         await relay.start()
         started.append(relay)
         return relay

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_ROWS = [
     "ingest, fresh DB (events/s)",
     "server CPU per event, fresh (us)",
-    "ingest, fresh DB, search_enabled = false (events/s)",
+    "ingest, fresh DB, search_enabled = true (events/s)",
     "load generator CPU (share of one core)",
     "ingest, DB holding 5,000 (events/s)",
     "query by id: p50 (ms)",

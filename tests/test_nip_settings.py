@@ -9,10 +9,11 @@ import pytest
 from relay.config import ConfigError, load
 
 
-def test_defaults_switch_every_optional_nip_on() -> None:
+def test_defaults_switch_every_optional_nip_on_but_search() -> None:
     settings = load(environ={})
-    for name in ("auth_enabled", "count_enabled", "search_enabled", "vanish_enabled"):
+    for name in ("auth_enabled", "count_enabled", "vanish_enabled"):
         assert getattr(settings, name) is True
+    assert settings.search_enabled is False
     assert settings.dm_privacy is True
     assert settings.auth_required_kinds == ()
     assert settings.public_url(7447) == "ws://127.0.0.1:7447/"
@@ -25,14 +26,14 @@ def test_toml_nips_table(tmp_path: Path) -> None:
         'relay_url = "wss://relay.example.com"\n'
         "auth_required_for_writes = true\n"
         "auth_required_kinds = [7, 4, 7]\n"
-        "search_enabled = false\n",
+        "search_enabled = true\n",
         encoding="utf-8",
     )
     settings = load(str(config), environ={})
     assert settings.public_url(1) == "wss://relay.example.com"
     assert settings.auth_required_for_writes is True
     assert settings.auth_required_kinds == (4, 7)
-    assert settings.search_enabled is False
+    assert settings.search_enabled is True
     policy = settings.auth_policy(1)
     assert policy.required_kinds == frozenset({4, 7})
     assert policy.relay_url == "wss://relay.example.com"

@@ -183,7 +183,7 @@ async def test_search_off_keeps_no_index_and_on_again_fills_it(tmp_path: Path) -
 
 
 async def test_search_req_and_live_subscription(start_relay: RelayFactory) -> None:
-    relay = await start_relay()
+    relay = await start_relay(search_enabled=True)
     client = await Client.connect(url_of(relay))
     now = int(time.time())
     match = ALICE.sign(content="Searching NOSTR relays", created_at=now - 1)
@@ -209,8 +209,8 @@ async def test_search_req_and_live_subscription(start_relay: RelayFactory) -> No
     await publisher.close()
 
 
-async def test_search_can_be_switched_off(start_relay: RelayFactory) -> None:
-    relay = await start_relay(search_enabled=False)
+async def test_search_is_off_by_default(start_relay: RelayFactory) -> None:
+    relay = await start_relay()
     client = await Client.connect(url_of(relay))
     await client.send(["REQ", "s", {"search": "nostr"}])
     reply = await client.recv()
