@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_fast_loop()
     try:
         asyncio.run(run(settings))
+    except ConfigError as error:
+        # A setting only the running relay can check, such as a write policy to import.
+        print(f"relay: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return 1

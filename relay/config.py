@@ -235,6 +235,23 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+# Counts and sizes where 0 would refuse everything or divide by nothing.
+AT_LEAST_ONE = (
+    "max_message_length",
+    "max_subscriptions",
+    "max_filters",
+    "max_subid_length",
+    "readers",
+    "max_event_size",
+    "max_tag_value_length",
+    "max_filter_values",
+    "max_req_results",
+    "event_burst_per_ip",
+    "event_burst_per_pubkey",
+    "req_burst_per_connection",
+)
+
+
 def validate(settings: Settings) -> Settings:
     if settings.pubkey and not re.fullmatch(r"[0-9a-f]{64}", settings.pubkey):
         raise ConfigError("pubkey must be 64 lowercase hex characters")
@@ -251,13 +268,7 @@ def validate(settings: Settings) -> Settings:
     _validate_abuse_settings(settings)
     if settings.relay_url and not re.fullmatch(r"wss?://[^/\s]+(/\S*)?", settings.relay_url):
         raise ConfigError("relay_url must be a ws:// or wss:// URL")
-    for name in (
-        "max_message_length",
-        "max_subscriptions",
-        "max_filters",
-        "max_subid_length",
-        "readers",
-    ):
+    for name in AT_LEAST_ONE:
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     return settings
@@ -278,17 +289,6 @@ def _validate_abuse_settings(settings: Settings) -> None:
     for name in FIELD_TYPES:
         if FIELD_TYPES[name] is float and getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
-    for name in (
-        "max_event_size",
-        "max_tag_value_length",
-        "max_filter_values",
-        "max_req_results",
-        "event_burst_per_ip",
-        "event_burst_per_pubkey",
-        "req_burst_per_connection",
-    ):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{name} must be at least 1")
     if settings.plugin_timeout <= 0 or settings.query_timeout <= 0:
         raise ConfigError("plugin_timeout and query_timeout must be more than 0")
 

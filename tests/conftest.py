@@ -17,11 +17,24 @@ import pytest
 
 from relay.config import Settings
 from relay.net.server import RelayServer
+from relay.store.base import EventStore
+from relay.store.memory import MemoryStore
 from relay.store.sqlite import SqliteStore
 from tests.nostr import Client, Keys
 
 RelayFactory = Callable[..., Awaitable[RelayServer]]
 START_WITHIN = 15.0  # seconds a relay process may take to listen
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    """Each storage backend in turn: the reference MemoryStore and SqliteStore."""
+    backend: EventStore = (
+        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
+    )
+    await backend.open()
+    yield backend
+    await backend.close()
 
 
 @pytest.fixture

@@ -544,6 +544,14 @@ def test_unknown_log_level_exits_with_a_readable_error(
     assert "LOUD" in result.stderr or "verbose" in result.stderr
 
 
+def test_write_policy_that_cannot_be_loaded_exits_with_a_readable_error(tmp_path: Path) -> None:
+    env = {"RELAY_WRITE_POLICIES": "no_such_module:policy"}
+    result = run_relay("--port", "0", "--db", "relay.sqlite", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no_such_module" in result.stderr
+
+
 def test_unopenable_database_exits_with_a_readable_error(tmp_path: Path) -> None:
     result = run_relay("--port", "0", "--db", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0

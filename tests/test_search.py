@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from relay.core import search
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 from relay.store.base import EventStore
-from relay.store.memory import MemoryStore
 from relay.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.conftest import RelayFactory, url_of
 from tests.http_client import fetch_info
@@ -61,16 +59,6 @@ def test_user_text_never_becomes_fts_syntax(text: str) -> None:
 
 
 # --- both stores ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    backend: EventStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
-    )
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 async def ids(store: EventStore, *filters: Filter) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,16 +235,6 @@ def test_sqlite_store_agrees_with_memory_store(scenario: Scenario) -> None:
 
 
 # Example-based rules, on both backends.
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    backend: EventStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
-    )
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 async def ids_of(store: EventStore, *filters: Filter) -> list[str]:

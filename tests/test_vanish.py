@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +12,6 @@ from relay.core.errors import Blocked, Invalid
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter
 from relay.store.base import EventStore, SaveOutcome
-from relay.store.memory import MemoryStore
-from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory, url_of
 from tests.http_client import fetch_info
 from tests.nostr import Client, Keys
@@ -54,16 +50,6 @@ def test_requests_this_relay_will_not_act_on_are_refused() -> None:
         vanish.check_request(request(ALICE, NOW), URL, False)
     vanish.check_request(request(ALICE, NOW), URL, True)
     vanish.check_request(signed(ALICE, NOW), URL, False)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    backend: EventStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
-    )
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 async def stored_ids(store: EventStore) -> set[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import ConfigError
 from relay.core.access import AccessLists
 from relay.core.errors import Blocked, Restricted
 from relay.core.event import parse_event
@@ -113,10 +114,12 @@ async def test_policy_callables(start_relay: RelayFactory, keys: Keys) -> None:
 
 
 async def test_a_policy_that_cannot_be_imported_stops_the_start(start_relay: RelayFactory) -> None:
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(ConfigError, match="no_such_module"):
         await start_relay(write_policies=("tests.no_such_module:policy",))
-    with pytest.raises(AttributeError):
+    with pytest.raises(ConfigError, match="no_such_function"):
         await start_relay(write_policies=("tests.policies:no_such_function",))
+    with pytest.raises(ConfigError, match="not callable"):
+        await start_relay(write_policies=("tests.policies:__doc__",))
 
 
 # --- the plugin process --------------------------------------------------------------------

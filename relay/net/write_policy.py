@@ -7,7 +7,7 @@ import importlib
 import logging
 from collections.abc import Callable, Sequence
 
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.core.access import AccessLists
 from relay.core.errors import ClientError, RateLimited
 from relay.core.event import Event
@@ -23,11 +23,14 @@ PolicyCallable = Callable[[Event, Source], Decision | None]
 
 
 def load_callable(dotted: str) -> PolicyCallable:
-    """`package.module:function` -> the function."""
+    """`package.module:function` -> the function; ConfigError when there is none."""
     module_name, _, name = dotted.partition(":")
-    function = getattr(importlib.import_module(module_name), name)
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"write_policies: cannot load {dotted}: {exc}") from exc
     if not callable(function):
-        raise TypeError(f"{dotted} is not callable")
+        raise ConfigError(f"write_policies: {dotted} is not callable")
     return function  # type: ignore[no-any-return]
 
 
