@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.core.auth import AuthPolicy
-from relay.core.event import MAX_KIND
+from relay.core.event import HEX64, MAX_KIND
 from relay.core.limits import Limits
 from relay.core.nip11 import RelayInfo
 
@@ -253,7 +253,7 @@ AT_LEAST_ONE = (
 
 
 def validate(settings: Settings) -> Settings:
-    if settings.pubkey and not re.fullmatch(r"[0-9a-f]{64}", settings.pubkey):
+    if settings.pubkey and not HEX64.fullmatch(settings.pubkey):
         raise ConfigError("pubkey must be 64 lowercase hex characters")
     if settings.compression not in ("deflate", "none"):
         raise ConfigError("compression must be deflate or none")
@@ -277,7 +277,7 @@ def validate(settings: Settings) -> Settings:
 def _validate_abuse_settings(settings: Settings) -> None:
     for name in ("pubkey_allowlist", "pubkey_denylist"):
         for pubkey in getattr(settings, name):
-            if not re.fullmatch(r"[0-9a-f]{64}", pubkey):
+            if not HEX64.fullmatch(pubkey):
                 raise ConfigError(f"{name}: {pubkey!r} is not 64 lowercase hex characters")
     for entry in settings.write_policies:
         if not re.fullmatch(r"[\w.]+:\w+", entry):

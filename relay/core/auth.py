@@ -80,22 +80,15 @@ def normalize_relay_url(url: str) -> str:
     return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
-def _tag_value(event: Event, name: str) -> str | None:
-    for tag in event.tags:
-        if len(tag) >= 2 and tag[0] == name:
-            return tag[1]
-    return None
-
-
 def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> None:
     """Everything NIP-42 asks of an AUTH event except its signature; raises Invalid."""
     if event.kind != AUTH_KIND:
         raise Invalid(f"an AUTH event must be of kind {AUTH_KIND}")
     if abs(event.created_at - now) > AUTH_WINDOW:
         raise Invalid("the AUTH event's created_at is too far from the current time")
-    if _tag_value(event, "challenge") != challenge:
+    if event.tag_value("challenge") != challenge:
         raise Invalid("the AUTH event does not answer this connection's challenge")
-    relay = _tag_value(event, "relay")
+    relay = event.tag_value("relay")
     if relay is None or normalize_relay_url(relay) != normalize_relay_url(relay_url):
         raise Invalid(f"the AUTH event is for another relay, this one is {relay_url}")
 
@@ -148,7 +141,7 @@ def may_read(event: Event, pubkeys: set[str], dm_kinds: frozenset[int]) -> bool:
         return True
     if event.pubkey in pubkeys:
         return True
-    return any(len(t) >= 2 and t[0] == "p" and t[1] in pubkeys for t in event.tags)
+    return any(p in pubkeys for p in event.tag_values("p"))
 
 
 def could_return_private(filters: Iterable[Filter], dm_kinds: frozenset[int]) -> bool:

@@ -56,13 +56,21 @@ class Event:
     def is_ephemeral(self) -> bool:
         return self.kind_class is KindClass.EPHEMERAL
 
+    def tag_value(self, name: str) -> str | None:
+        """The value of the first `name` tag, None when there is none."""
+        for tag in self.tags:
+            if len(tag) >= 2 and tag[0] == name:
+                return tag[1]
+        return None
+
+    def tag_values(self, name: str) -> list[str]:
+        """The values of every `name` tag, in order."""
+        return [tag[1] for tag in self.tags if len(tag) >= 2 and tag[0] == name]
+
     @property
     def d_tag(self) -> str:
         """The `d` tag's value, "" when absent (NIP-01)."""
-        for tag in self.tags:
-            if len(tag) >= 2 and tag[0] == "d":
-                return tag[1]
-        return ""
+        return self.tag_value("d") or ""
 
     @property
     def address(self) -> tuple[int, str, str] | None:
@@ -77,12 +85,9 @@ class Event:
     @property
     def expiration(self) -> int | None:
         """NIP-40 expiration timestamp; a malformed value counts as none."""
-        for tag in self.tags:
-            if len(tag) >= 2 and tag[0] == "expiration":
-                value = tag[1]
-                if value.isascii() and value.isdigit() and len(value) <= 18:
-                    return int(value)
-                return None
+        value = self.tag_value("expiration")
+        if value is not None and value.isascii() and value.isdigit() and len(value) <= 18:
+            return int(value)
         return None
 
     def indexed_tags(self) -> list[tuple[str, str]]:

@@ -20,10 +20,7 @@ GIFT_WRAP_KIND = 1059
 def names_this_relay(event: Event, relay_url: str) -> bool:
     here = normalize_relay_url(relay_url)
     return any(
-        len(tag) >= 2
-        and tag[0] == "relay"
-        and (tag[1] == ALL_RELAYS or normalize_relay_url(tag[1]) == here)
-        for tag in event.tags
+        url == ALL_RELAYS or normalize_relay_url(url) == here for url in event.tag_values("relay")
     )
 
 
@@ -43,9 +40,5 @@ def erased_by(event: Event, vanished: dict[str, int]) -> bool:
     if until is not None and event.created_at <= until:
         return True
     return event.kind == GIFT_WRAP_KIND and any(
-        len(tag) >= 2
-        and tag[0] == "p"
-        and tag[1] in vanished
-        and event.created_at <= vanished[tag[1]]
-        for tag in event.tags
+        p in vanished and event.created_at <= vanished[p] for p in event.tag_values("p")
     )

@@ -265,9 +265,7 @@ def _vanished(db: sqlite3.Connection, event: Event) -> bool:
     """Whether a stored request to vanish covers `event` (see vanish.erased_by)."""
     pubkeys = {event.pubkey}
     if event.kind == vanish.GIFT_WRAP_KIND:
-        pubkeys.update(
-            t[1] for t in event.tags if len(t) >= 2 and t[0] == "p" and HEX64.fullmatch(t[1])
-        )
+        pubkeys.update(p for p in event.tag_values("p") if HEX64.fullmatch(p))
     vanished = {}
     for key in pubkeys:
         row = db.execute(
