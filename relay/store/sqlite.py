@@ -167,10 +167,10 @@ class SqliteStore:
             self._readers.put_nowait(reader)
 
     async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
-        queries = [sql.select_events(f, now) for f in filters if f.can_match]
-        if not queries:
+        reads = [sql.read_events(f, now) for f in filters if f.can_match]
+        if not reads:
             return []
-        return await self._read(lambda db: _run_queries(db, queries))
+        return await self._read(lambda db: _run_reads(db, reads))
 
     async def count(self, filters: Sequence[Filter], now: int) -> int:
         matchable = [f for f in filters if f.can_match]
@@ -200,17 +200,33 @@ def _with_deadline(
     return bounded
 
 
-def _run_queries(db: sqlite3.Connection, queries: list[sql.Query]) -> list[bytes]:
-    if len(queries) == 1:
-        statement, params = queries[0]
-        return [row[0] for row in db.execute(statement, params)]
+def _run_reads(db: sqlite3.Connection, reads: list[sql.Read]) -> list[bytes]:
+    if len(reads) == 1:
+        return _fetch(db, reads[0])
     # Several filters: merge, dropping events more than one filter found.
     found: dict[bytes, tuple[int, bytes, bytes]] = {}
-    for statement, params in queries:
-        for (raw,) in db.execute(statement, params):
+    for read in reads:
+        for raw in _fetch(db, read):
             if raw not in found:
                 found[raw] = _sort_fields(raw)
     return [raw for _, _, raw in sorted(found.values())]
+
+
+def _fetch(db: sqlite3.Connection, read: sql.Read) -> list[bytes]:
+    """One filter's events, newest first; see sql.NewestFirst for the two-step read."""
+    newest = read.newest
+    if newest is not None:
+        row = db.execute(*newest.cutoff).fetchone()
+        if row is not None:
+            rows = db.execute(*newest.bounded(row[0])).fetchall()
+            if len(rows) >= newest.limit:
+                # Newest first, ties by id: two stable sorts, the tie-break first.
+                rows.sort(key=lambda r: r[1])
+                rows.sort(key=lambda r: r[0], reverse=True)
+                return [raw for _, _, raw in rows[: newest.limit]]
+        # No cutoff: fewer candidates than the limit, which the plain query reads as cheaply.
+    statement, params = read.plain
+    return [raw for (raw,) in db.execute(statement, params)]
 
 
 def _sort_fields(raw: bytes) -> tuple[int, bytes, bytes]:
