@@ -140,6 +140,12 @@ def event_frame(sub_id_json: bytes, raw_event: bytes) -> bytes:
     return b'["EVENT",' + sub_id_json + b"," + raw_event + b"]"
 
 
+def event_frames(sub_id_json: bytes, raw_events: list[bytes]) -> list[bytes]:
+    """`event_frame` for each of a query's results."""
+    head = b'["EVENT",' + sub_id_json + b","
+    return [head + raw + b"]" for raw in raw_events]
+
+
 def encode_sub_id(sub_id: str) -> bytes:
     return canonical.dumps(sub_id)
 

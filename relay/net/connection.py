@@ -56,7 +56,7 @@ class ClientConnection:
             settings.req_rate_per_connection, settings.req_burst_per_connection
         )
         self.session = Session(relay.settings.limits)
-        self.outbox = Outbox(ws, relay.settings.max_outbox_bytes, self._on_overflow)
+        self.outbox = Outbox(ws, relay.settings.max_outbox_bytes, self._on_overflow, relay.flusher)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._queries: dict[str, asyncio.Task[None]] = {}
         # Live events for a subscription whose stored events are still being sent.
@@ -210,8 +210,7 @@ class ClientConnection:
             return
         sub_id_json = self._sub_ids_json[sub_id]
         stored = self._readable(filters, stored)
-        for raw in stored:
-            self.send(messages.event_frame(sub_id_json, raw))
+        self.outbox.put_many(messages.event_frames(sub_id_json, stored))
         self.send(messages.eose(sub_id))
         held = self._held.pop(sub_id, [])
         if held:
@@ -269,10 +268,12 @@ class ClientConnection:
             return
         self.send(messages.count(sub_id, n))
 
-    def deliver(self, sub_id: str, event: Event) -> None:
-        """A live event for one of this connection's subscriptions."""
-        dm_kinds = self.relay.auth.dm_kinds
-        if event.kind in dm_kinds and not auth.may_read(event, self.session.auth.pubkeys, dm_kinds):
+    def deliver(self, sub_id: str, event: Event, private: bool) -> None:
+        """A live event for one of this connection's subscriptions; `private`: its kind
+        is one of the direct messages only their parties may read."""
+        if private and not auth.may_read(
+            event, self.session.auth.pubkeys, self.relay.auth.dm_kinds
+        ):
             return
         held = self._held.get(sub_id)
         if held is not None:
@@ -280,7 +281,7 @@ class ClientConnection:
             return
         sub_id_json = self._sub_ids_json.get(sub_id)
         if sub_id_json is not None:
-            self.send(messages.event_frame(sub_id_json, event.raw))
+            self.outbox.put(messages.event_frame(sub_id_json, event.raw))
 
     def _close(self, sub_id: str) -> None:
         self._cancel_query(sub_id)

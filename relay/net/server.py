@@ -21,6 +21,7 @@ from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
+from relay.net.outbox import Flusher
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
@@ -44,6 +45,8 @@ class RelayServer:
         self.verifier = SignatureVerifier()
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
         self.connections: set[ClientConnection] = set()
+        # Frames put during one loop turn reach their sockets at its end, all together.
+        self.flusher = Flusher()
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
@@ -230,8 +233,9 @@ class RelayServer:
         return True, ""
 
     def broadcast(self, event: Event) -> None:
+        private = event.kind in self.auth.dm_kinds
         for connection, sub_id in self.subscriptions.matching(event):
-            connection.deliver(sub_id, event)
+            connection.deliver(sub_id, event, private)
 
 
 def _peer_name(ws: ServerConnection) -> str:
