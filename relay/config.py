@@ -50,6 +50,8 @@ class Settings:
     db: str = "./relay.sqlite"
     readers: int = 2
     synchronous: str = "FULL"
+    # SQLite writes in a child process, so commits do not wait on the event loop's GIL.
+    write_process: bool = True
     purge_interval: int = 60
     # info (NIP-11)
     name: str = "pyrelay"
