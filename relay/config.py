@@ -46,6 +46,8 @@ class Settings:
     close_timeout: float = 10.0
     # Seconds a REQ's stored-event query may run before it is interrupted.
     query_timeout: float = 10.0
+    # Signature checks in a child process instead of on threads that wait for the GIL.
+    verify_process: bool = True
     # storage
     db: str = "./relay.sqlite"
     readers: int = 2

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
+from relay.child import ChildStartError
 from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -136,7 +137,7 @@ class SqliteStore:
     async def open(self) -> None:
         try:
             await self._connect()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ChildStartError) as exc:
             # Close what did open: its aiosqlite thread would keep the process alive.
             await self.close()
             raise OSError(f"cannot open database {self.path}: {exc}") from exc

@@ -1,4 +1,5 @@
-"""The write path: batches pipelined in order, the write process, the WAL checkpointer."""
+"""Child processes on the path of an event: the write process with its pipelined batches
+and WAL checkpointer, and the verify process."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from relay.core.event import Event, parse_event
 from relay.core.filters import parse_filter
+from relay.net.verify_process import VerifyProcess
 from relay.store.base import SaveOutcome
 from relay.store.checkpoint import Checkpointer
 from relay.store.sqlite import SqliteStore
@@ -103,10 +105,13 @@ async def test_a_batch_the_write_process_cannot_apply_is_refused_alone(tmp_path:
         await store.close()
 
 
-def write_child_of(pid: int) -> int:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
+def child_running(pid: int, module: str) -> int:
+    """The pid of `pid`'s child process running `python -m module`."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if module.encode() in command:
+            return int(child)
+    raise AssertionError(f"no child of {pid} runs {module}")
 
 
 async def test_a_killed_write_process_is_replaced(tmp_path: Path) -> None:
@@ -190,7 +195,7 @@ async def test_relay_answers_and_recovers_when_its_write_process_dies(
         before = [keys.sign(content=f"before {n}") for n in range(20)]
         for event in before:
             assert (await client.publish(event))[2] is True
-        os.kill(write_child_of(process.proc.pid), signal.SIGKILL)
+        os.kill(child_running(process.proc.pid, "relay.store.write_process"), signal.SIGKILL)
         replies = [await client.publish(keys.sign(content=f"after {n}")) for n in range(20)]
         for reply in replies:
             assert reply[2] is True or reply[3].startswith("error:"), reply
@@ -198,6 +203,43 @@ async def test_relay_answers_and_recovers_when_its_write_process_dies(
         acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
         found = await fetch_by_ids(process.url, *acknowledged)
         assert {e["id"] for e in found} == set(acknowledged)
+    finally:
+        await client.close()
+        process.kill()
+
+
+async def test_verify_process_checks_each_signature_in_order() -> None:
+    keys = Keys()
+    good = events(5, keys)
+    forged = replace(good[1], sig=good[2].sig)
+    off_curve = replace(good[3], pubkey="f" * 64)
+    verifier = VerifyProcess()
+    await verifier.start()
+    try:
+        batch = [good[0], forged, good[2], off_curve, good[4]]
+        assert await verifier.verify_many(batch) == [True, False, True, False, True]
+    finally:
+        await verifier.close()
+
+
+async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
+    relay_process: Any,
+) -> None:
+    process: RelayProcess = relay_process()
+    await asyncio.to_thread(process.start)
+    assert process.proc is not None
+    keys = Keys()
+    client = await Client.connect(process.url)
+    try:
+        assert (await client.publish(keys.sign(content="before")))[2] is True
+        os.kill(child_running(process.proc.pid, "relay.net.verify_process"), signal.SIGKILL)
+        replies = [await client.publish(keys.sign(content=f"after {n}")) for n in range(5)]
+        for reply in replies:
+            assert reply[2] is True or reply[3].startswith("error:"), reply
+        assert replies[-1][2] is True, "the relay did not start a new verify process"
+        forged = keys.sign(content="forged")
+        forged["sig"] = keys.sign(content="other")["sig"]
+        assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
     finally:
         await client.close()
         process.kill()
