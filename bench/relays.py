@@ -25,9 +25,28 @@ def free_port() -> int:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system time of the process, all threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system time of the process and its children (the write process), all threads."""
+    return sum(_own_cpu_seconds(each) for each in _process_tree(pid))
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _process_tree(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found.extend(_process_tree(int(child)))
+    return found
 
 
 def resident_bytes(pid: int) -> int:

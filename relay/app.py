@@ -23,6 +23,7 @@ def build_relay(settings: Settings) -> RelayServer:
         synchronous=settings.synchronous.upper(),
         query_timeout=settings.query_timeout,
         search=settings.search_enabled,
+        write_process=settings.write_process,
     )
     return RelayServer(settings, store)
 

@@ -46,10 +46,14 @@ class Settings:
     close_timeout: float = 10.0
     # Seconds a REQ's stored-event query may run before it is interrupted.
     query_timeout: float = 10.0
+    # Signature checks in a child process instead of on threads that wait for the GIL.
+    verify_process: bool = True
     # storage
     db: str = "./relay.sqlite"
     readers: int = 2
     synchronous: str = "FULL"
+    # SQLite writes in a child process, so commits do not wait on the event loop's GIL.
+    write_process: bool = True
     purge_interval: int = 60
     # info (NIP-11)
     name: str = "pyrelay"

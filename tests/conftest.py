@@ -43,9 +43,13 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     started: list[RelayServer] = []
 
     async def factory(**overrides: Any) -> RelayServer:
-        settings = replace(
-            Settings(host="127.0.0.1", port=0, db=str(tmp_path / "relay.sqlite")), **overrides
+        # In-process relays write and check signatures on threads: a child process each
+        # would add about 0.2 s per test. RelayProcess and test_child_processes.py run the
+        # default child processes.
+        base = Settings(
+            host="127.0.0.1", port=0, db=str(tmp_path / "relay.sqlite"), verify_process=False
         )
+        settings = replace(base, **overrides)
         relay = RelayServer(
             settings, SqliteStore(settings.db, synchronous="NORMAL", search=settings.search_enabled)
         )

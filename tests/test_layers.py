@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "relay"
 # What each layer may import from the project itself, besides its own modules.
 ALLOWED_PROJECT_IMPORTS = {
     "core": set(),
-    "store": {"core"},
-    "net": {"core", "store", "config"},
+    "store": {"core", "child"},
+    "net": {"core", "store", "config", "child"},
 }
 # Third-party packages the sans-I/O core may use: nothing that does I/O.
 CORE_THIRD_PARTY = {"coincurve", "orjson"}
@@ -43,6 +43,11 @@ def test_layer_imports_only_downwards(layer: str) -> None:
             parts = module.split(".")
             if parts[0] == "relay" and len(parts) > 1:
                 assert parts[1] in allowed, f"{path.name} imports {module}"
+
+
+def test_child_process_plumbing_depends_on_nothing_of_the_relay() -> None:
+    for module in imported_modules(PACKAGE / "child.py"):
+        assert module.split(".")[0] != "relay", f"child.py imports {module}"
 
 
 def test_settings_depend_on_the_core_only() -> None:

@@ -11,9 +11,14 @@ from relay.core.event import Event
 
 def verify(event: Event) -> bool:
     """Whether `sig` is pubkey's BIP-340 signature of the (already checked) id."""
+    return verify_bytes(
+        bytes.fromhex(event.pubkey), bytes.fromhex(event.id), bytes.fromhex(event.sig)
+    )
+
+
+def verify_bytes(pubkey: bytes, message: bytes, sig: bytes) -> bool:
     try:
-        key = PublicKeyXOnly(bytes.fromhex(event.pubkey))
-        return bool(key.verify(bytes.fromhex(event.sig), bytes.fromhex(event.id)))
+        return bool(PublicKeyXOnly(pubkey).verify(sig, message))
     except ValueError:  # pubkey is not a point on the curve, or a malformed signature
         return False
 

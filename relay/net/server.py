@@ -42,7 +42,7 @@ class RelayServer:
         self.settings = settings
         self.store = store
         self.writer = Writer(store, purge_interval=settings.purge_interval)
-        self.verifier = SignatureVerifier()
+        self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
@@ -66,6 +66,7 @@ class RelayServer:
 
     async def start(self) -> None:
         await self.store.open()
+        self.verifier.start()
         self.writer.start()
         settings = self.settings
         info = nip11.information_document(
@@ -102,7 +103,7 @@ class RelayServer:
         except BaseException:
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
-            self.verifier.close()
+            await self.verifier.close()
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
@@ -122,7 +123,7 @@ class RelayServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
-        self.verifier.close()
+        await self.verifier.close()
         await self.store.close()
         log.info("stopped")
 

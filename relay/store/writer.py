@@ -33,11 +33,15 @@ class Writer:
         store: EventStore,
         *,
         max_batch: int = 1000,
+        max_in_flight: int = 2,
         purge_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
+        # Batches handed to the store and not yet committed: with two, the store finds the
+        # next batch waiting as soon as it has committed one.
+        self.max_in_flight = max_in_flight
         self.purge_interval = purge_interval
         self.clock = clock
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
@@ -75,7 +79,12 @@ class Writer:
         return batch, False
 
     async def _run(self) -> None:
+        committing: set[asyncio.Task[None]] = set()
         while True:
+            if len(committing) >= self.max_in_flight:
+                # Events meanwhile queue up and go together in the next batch.
+                await asyncio.wait(committing, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
                 first = await asyncio.wait_for(self._queue.get(), self._until_purge())
             except TimeoutError:
@@ -83,12 +92,17 @@ class Writer:
                 await self._maybe_purge()
                 continue
             if first is None:
-                return
+                break
             batch, stop = self._take_batch(first)
-            await self._commit(batch)
+            # The store takes batches in the order they are started and commits them so.
+            task = asyncio.create_task(self._commit(batch))
+            committing.add(task)
+            task.add_done_callback(committing.discard)
             await self._maybe_purge()
             if stop:
-                return
+                break
+        if committing:
+            await asyncio.wait(committing)
 
     async def _commit(self, batch: list[Pending]) -> None:
         now = int(self.clock())

@@ -1,0 +1,111 @@
+"""SQLite writes in a child process of their own (see relay/child.py).
+
+In the relay's process the writer thread needs the GIL between SQLite statements, and the
+event loop holds it about half the time under load: commits then wait on the WebSocket
+layer. Messages after the length prefix:
+
+    parent -> child   b"S" (length:uint32 raw)*    save these events in order, in one commit
+                      b"P" now:int64               purge expired events
+    child -> parent   b"O" outcome:uint8*          committed; SaveOutcome by index
+                      b"N" purged:int64            purge done
+                      b"E" message                 failed; nothing was committed
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import sys
+from collections.abc import Callable, Sequence
+
+from relay.child import LENGTH, ChildProcess, ChildProcessError, Handler, serve
+from relay.core.event import Event, event_from_raw
+from relay.store import sqlite_writes
+from relay.store.base import SaveOutcome
+from relay.store.checkpoint import Checkpointer
+
+OUTCOMES = list(SaveOutcome)
+OUTCOME_CODES = {outcome: code for code, outcome in enumerate(OUTCOMES)}
+NOW = struct.Struct(">q")
+
+WriteProcessError = ChildProcessError
+
+
+class WriteProcess:
+    """The store's writes, sent to the child as the Writer hands over its batches."""
+
+    def __init__(self, path: str, synchronous: str, search: bool) -> None:
+        self.child = ChildProcess(__name__, path, synchronous, "1" if search else "0")
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
+
+    async def start(self) -> None:
+        await self.child.start()
+
+    async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
+        parts = [b"S"]
+        for event in events:
+            parts.append(LENGTH.pack(len(event.raw)))
+            parts.append(event.raw)
+        reply = await self.child.call(parts)
+        if reply[:1] != b"O" or len(reply) != len(events) + 1:
+            raise WriteProcessError(f"unexpected reply to a batch: {reply[:1]!r}")
+        return [OUTCOMES[index] for index in reply[1:]]
+
+    async def purge_expired(self, now: int) -> int:
+        reply = await self.child.call([b"P", NOW.pack(now)])
+        if reply[:1] != b"N":
+            raise WriteProcessError(f"unexpected reply to a purge: {reply[:1]!r}")
+        return int(NOW.unpack(reply[1:])[0])
+
+    async def close(self) -> None:
+        await self.child.close()
+
+
+# The child.
+
+
+def prepare(argv: Sequence[str]) -> tuple[Handler, Callable[[], None]]:
+    path, synchronous, search = argv[0], argv[1], argv[2] == "1"
+    db = sqlite3.connect(path, isolation_level=None)
+    sqlite_writes.prepare_database(db, synchronous, search)
+    checkpointer = Checkpointer(path)
+    checkpointer.take_over(db)
+    checkpointer.start()
+
+    def handle(message: bytes) -> bytes:
+        reply = _apply(db, message)
+        checkpointer.after_commit(db)
+        return reply
+
+    def cleanup() -> None:
+        checkpointer.stop()
+        db.close()
+
+    return handle, cleanup
+
+
+def _apply(db: sqlite3.Connection, message: bytes) -> bytes:
+    if message[:1] == b"S":
+        outcomes = sqlite_writes.save_batch(db, _events(message, 1))
+        return b"O" + bytes(OUTCOME_CODES[outcome] for outcome in outcomes)
+    if message[:1] == b"P":
+        (now,) = NOW.unpack_from(message, 1)
+        return b"N" + NOW.pack(sqlite_writes.purge_expired(db, now))
+    return b"E" + f"unknown request {message[:1]!r}".encode()
+
+
+def _events(message: bytes, offset: int) -> list[Event]:
+    events = []
+    while offset < len(message):
+        (size,) = LENGTH.unpack_from(message, offset)
+        offset += LENGTH.size
+        events.append(event_from_raw(message[offset : offset + size]))
+        offset += size
+    return events
+
+
+if __name__ == "__main__":
+    sys.exit(serve(prepare))
