@@ -23,7 +23,7 @@ from relay.net.verify_process import VerifyProcess
 from relay.store.base import SaveOutcome
 from relay.store.checkpoint import Checkpointer
 from relay.store.sqlite import SqliteStore
-from relay.store.sqlite_writes import prepare_database, save_batch
+from relay.store.sqlite_writes import PAGE_SIZE, prepare_database, save_batch
 from relay.store.write_process import WriteProcess, WriteProcessError
 from relay.store.writer import Writer
 from tests.conftest import RelayProcess, fetch_by_ids
@@ -243,3 +243,16 @@ async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
     finally:
         await client.close()
         process.kill()
+
+
+def test_new_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
+    new = sqlite3.connect(tmp_path / "new.sqlite", isolation_level=None)
+    prepare_database(new, "NORMAL", search=False)
+    assert new.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 2048
+    new.close()
+    old = sqlite3.connect(tmp_path / "old.sqlite", isolation_level=None)
+    old.execute("CREATE TABLE earlier (x)")  # a file made before: 4096-byte pages
+    prepare_database(old, "NORMAL", search=False)
+    assert old.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert save_batch(old, events(3)) == [SaveOutcome.STORED] * 3
+    old.close()
