@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system time of the process and its children (the write process), all threads."""
-    return sum(_own_cpu_seconds(each) for each in _process_tree(pid))
+    return sum(_own_cpu_seconds(each) for each in process_tree(pid))
 
 
 def _own_cpu_seconds(pid: int) -> float:
@@ -37,7 +37,7 @@ def _own_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     found = [pid]
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -45,7 +45,7 @@ def _process_tree(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
         for child in children:
-            found.extend(_process_tree(int(child)))
+            found.extend(process_tree(int(child)))
     return found
 
 

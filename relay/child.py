@@ -33,7 +33,7 @@ FAILED = b"E"
 CLOSE_SECONDS = 30.0
 
 
-class ChildProcessError(Exception):
+class ChildRequestError(Exception):
     """The child failed a request or died: its outcome is unknown or nothing was done."""
 
 
@@ -65,7 +65,7 @@ class ChildProcess:
         """Send one request (the concatenation of `parts`) and return the child's reply."""
         async with self._sending:
             if self._closed:
-                raise ChildProcessError("closed")
+                raise ChildRequestError("closed")
             child = await self._ensure_child()
             assert child.stdin is not None
             reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -77,7 +77,7 @@ class ChildProcess:
             await child.stdin.drain()
         answer = await reply
         if answer[:1] == FAILED:
-            raise ChildProcessError(answer[1:].decode(errors="replace"))
+            raise ChildRequestError(answer[1:].decode(errors="replace"))
         return answer
 
     async def close(self) -> None:
@@ -135,7 +135,7 @@ class ChildProcess:
             while self._waiting:
                 future = self._waiting.popleft()
                 if not future.done():
-                    future.set_exception(ChildProcessError("the process stopped"))
+                    future.set_exception(ChildRequestError("the process stopped"))
 
 
 async def _receive(child: asyncio.subprocess.Process) -> bytes:

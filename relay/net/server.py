@@ -66,7 +66,11 @@ class RelayServer:
 
     async def start(self) -> None:
         await self.store.open()
-        self.verifier.start()
+        try:
+            await self.verifier.start()
+        except BaseException:
+            await self.store.close()
+            raise
         self.writer.start()
         settings = self.settings
         info = nip11.information_document(

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from relay.child import ChildStartError
 from relay.core.event import Event
 from relay.core.signature import verify_many
 from relay.net.verify_process import VerifyProcess
-
-log = logging.getLogger("relay.verify")
 
 
 class SignatureVerifier:
@@ -21,13 +19,16 @@ class SignatureVerifier:
         self._process = VerifyProcess() if process else None
         self._executor = None if process else ThreadPoolExecutor(threads, "verify")
         self._pending: list[tuple[Event, asyncio.Future[bool]]] = []
-        self._starting: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start the child in the background: the first check waits for it if need be."""
-        if self._process is not None:
-            self._starting = asyncio.create_task(self._process.start())
-            self._starting.add_done_callback(_log_start_failure)
+    async def start(self) -> None:
+        """Start the verify process before the first client can send an event: started in
+        the background, its start-up competed with the first queries for the cores."""
+        if self._process is None:
+            return
+        try:
+            await self._process.start()
+        except ChildStartError as error:
+            raise OSError(f"cannot start the verify process: {error}") from error
 
     async def verify(self, event: Event) -> bool:
         loop = asyncio.get_running_loop()
@@ -55,12 +56,6 @@ class SignatureVerifier:
             await self._process.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _log_start_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        # The first check tries again, and refuses its events with `error:` if it fails.
-        log.warning("could not start the verify process: %s", task.exception())
 
 
 def _resolve(

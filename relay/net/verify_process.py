@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from relay.child import ChildProcess, ChildProcessError, Handler, serve
+from relay.child import ChildProcess, ChildRequestError, Handler, serve
 from relay.core.event import Event
 from relay.core.signature import verify_bytes
 
@@ -33,7 +33,7 @@ class VerifyProcess:
         )
         reply = await self.child.call([request])
         if reply[:1] != b"K" or len(reply) != len(events) + 1:
-            raise ChildProcessError(f"unexpected reply to a check: {reply[:1]!r}")
+            raise ChildRequestError(f"unexpected reply to a check: {reply[:1]!r}")
         return [valid == 1 for valid in reply[1:]]
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 
-from relay.child import LENGTH, ChildProcess, ChildProcessError, Handler, serve
+from relay.child import LENGTH, ChildProcess, ChildRequestError, Handler, serve
 from relay.core.event import Event, event_from_raw
 from relay.store import sqlite_writes
 from relay.store.base import SaveOutcome
@@ -28,7 +28,7 @@ OUTCOMES = list(SaveOutcome)
 OUTCOME_CODES = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 NOW = struct.Struct(">q")
 
-WriteProcessError = ChildProcessError
+WriteProcessError = ChildRequestError
 
 
 class WriteProcess:
