@@ -12,7 +12,6 @@ bench` builds. Whatever the relay does on top, its durable ingest cannot beat th
 from __future__ import annotations
 
 import argparse
-import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -62,7 +61,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as workdir:
             path = Path(workdir) / "store.sqlite"
             if args.stored:
-                shutil.copyfile(dataset.pyrelay_db, path)
+                dataset.copy_pyrelay_db(path)
             rate, cpu = one_run(path, raws, args.batch)
         rates.append(rate)
         cpus.append(cpu)
