@@ -87,13 +87,7 @@ class ChildProcess:
             child, self._child = self._child, None
         if child is None:
             return
-        if child.stdin is not None:
-            child.stdin.close()
-        try:
-            await asyncio.wait_for(child.wait(), CLOSE_SECONDS)
-        except TimeoutError:
-            child.kill()
-            await child.wait()
+        await end_process(child, CLOSE_SECONDS)
         if self._replies is not None:
             await self._replies
 
@@ -127,7 +121,9 @@ class ChildProcess:
         try:
             while self._waiting or not self._closed:
                 reply = await _receive(child)
-                self._waiting.popleft().set_result(reply)
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # a caller that was cancelled still had its answer
+                    waiter.set_result(reply)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -136,6 +132,17 @@ class ChildProcess:
                 future = self._waiting.popleft()
                 if not future.done():
                     future.set_exception(ChildRequestError("the process stopped"))
+
+
+async def end_process(process: asyncio.subprocess.Process, seconds: float) -> None:
+    """Close its stdin, its cue to finish; kill it if it has not exited within `seconds`."""
+    if process.stdin is not None:
+        process.stdin.close()
+    try:
+        await asyncio.wait_for(process.wait(), seconds)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 async def _receive(child: asyncio.subprocess.Process) -> bytes:

@@ -183,23 +183,34 @@ def test_the_checkpoint_thread_copies_the_wal_into_the_database(tmp_path: Path) 
         checkpointer.stop()
 
 
+async def kill_child_then_publish(
+    process: RelayProcess, client: Client, keys: Keys, module: str, count: int
+) -> list[list[Any]]:
+    """Kill the relay's child running `module`, then publish `count` notes: each is
+    acknowledged or refused with `error:`, and the last is stored by a new child."""
+    assert process.proc is not None
+    os.kill(child_running(process.proc.pid, module), signal.SIGKILL)
+    replies = [await client.publish(keys.sign(content=f"after {n}")) for n in range(count)]
+    for reply in replies:
+        assert reply[2] is True or reply[3].startswith("error:"), reply
+    assert replies[-1][2] is True, f"the relay did not start a new {module}"
+    return replies
+
+
 async def test_relay_answers_and_recovers_when_its_write_process_dies(
     relay_process: Any,
 ) -> None:
     process: RelayProcess = relay_process()
     await asyncio.to_thread(process.start)
-    assert process.proc is not None
     keys = Keys()
     client = await Client.connect(process.url)
     try:
         before = [keys.sign(content=f"before {n}") for n in range(20)]
         for event in before:
             assert (await client.publish(event))[2] is True
-        os.kill(child_running(process.proc.pid, "relay.store.write_process"), signal.SIGKILL)
-        replies = [await client.publish(keys.sign(content=f"after {n}")) for n in range(20)]
-        for reply in replies:
-            assert reply[2] is True or reply[3].startswith("error:"), reply
-        assert replies[-1][2] is True, "the relay did not start a new write process"
+        replies = await kill_child_then_publish(
+            process, client, keys, "relay.store.write_process", 20
+        )
         acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
         found = await fetch_by_ids(process.url, *acknowledged)
         assert {e["id"] for e in found} == set(acknowledged)
@@ -227,16 +238,11 @@ async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
 ) -> None:
     process: RelayProcess = relay_process()
     await asyncio.to_thread(process.start)
-    assert process.proc is not None
     keys = Keys()
     client = await Client.connect(process.url)
     try:
         assert (await client.publish(keys.sign(content="before")))[2] is True
-        os.kill(child_running(process.proc.pid, "relay.net.verify_process"), signal.SIGKILL)
-        replies = [await client.publish(keys.sign(content=f"after {n}")) for n in range(5)]
-        for reply in replies:
-            assert reply[2] is True or reply[3].startswith("error:"), reply
-        assert replies[-1][2] is True, "the relay did not start a new verify process"
+        await kill_child_then_publish(process, client, keys, "relay.net.verify_process", 5)
         forged = keys.sign(content="forged")
         forged["sig"] = keys.sign(content="other")["sig"]
         assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
@@ -256,3 +262,17 @@ def test_new_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path: Path) 
     assert old.execute("PRAGMA page_size").fetchone()[0] == 4096
     assert save_batch(old, events(3)) == [SaveOutcome.STORED] * 3
     old.close()
+
+
+async def test_a_cancelled_request_leaves_the_child_answering_the_next() -> None:
+    verifier = VerifyProcess()
+    await verifier.start()
+    good = events(3)
+    try:
+        abandoned = asyncio.create_task(verifier.verify_many(good))
+        await asyncio.sleep(0)  # written to the child, then given up on
+        abandoned.cancel()
+        assert await verifier.verify_many(good) == [True, True, True]
+        assert await verifier.verify_many(good[:1]) == [True]
+    finally:
+        await verifier.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from relay.child import end_process
 from relay.core.event import Event
 from relay.core.write_policy import ACCEPT, Action, Decision, Source, reject
 
@@ -102,13 +103,7 @@ class WritePolicyPlugin:
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), CLOSE_SECONDS)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await end_process(proc, CLOSE_SECONDS)
 
 
 def _decision(event_id: str, line: bytes) -> Decision:
