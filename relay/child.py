@@ -5,8 +5,9 @@ then waits for it at every step back from C (SQLite, libsecp256k1). A child proc
 interpreter, a GIL and a core of its own. Nothing else uses those pipes. Every message, both
 ways, is a 4-byte big-endian length and the message itself: its first byte says what it is
 (the child's module lists them), and a reply starting with b"E" is a failure whose message
-follows. Requests are written as they come and answered in order, so the next request is
-already waiting in the pipe when the child finishes one.
+follows: what a child's handler raises becomes one. Requests are written as they come and
+answered in order, so the next request is already waiting in the pipe when the child
+finishes one.
 
 The child lives as long as its stdin stays open: a parent killed with -9 leaves it to finish
 what it holds and exit. A child that dies fails the requests it held and is started again
@@ -61,8 +62,9 @@ class ChildProcess:
     def pid(self) -> int | None:
         return None if self._child is None else self._child.pid
 
-    async def call(self, parts: list[bytes]) -> bytes:
-        """Send one request (the concatenation of `parts`) and return the child's reply."""
+    async def call(self, parts: list[bytes], expect: bytes) -> bytes:
+        """Send one request (the concatenation of `parts`) and return the child's reply
+        after its first byte, which must be `expect`."""
         async with self._sending:
             if self._closed:
                 raise ChildRequestError("closed")
@@ -78,7 +80,9 @@ class ChildProcess:
         answer = await reply
         if answer[:1] == FAILED:
             raise ChildRequestError(answer[1:].decode(errors="replace"))
-        return answer
+        if answer[:1] != expect:
+            raise ChildRequestError(f"expected a {expect!r} reply, got {answer[:1]!r}")
+        return answer[1:]
 
     async def close(self) -> None:
         """Let the child answer everything written, then wait for it to exit."""

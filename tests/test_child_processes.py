@@ -9,7 +9,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -197,26 +197,28 @@ async def kill_child_then_publish(
     return replies
 
 
-async def test_relay_answers_and_recovers_when_its_write_process_dies(
-    relay_process: Any,
-) -> None:
-    process: RelayProcess = relay_process()
+@pytest.fixture
+async def relay_and_client(relay_process: Any) -> AsyncIterator[tuple[RelayProcess, Client]]:
+    """`python -m relay` with its default child processes, and a client connected to it."""
+    process: RelayProcess = relay_process()  # killed by relay_process at the end
     await asyncio.to_thread(process.start)
-    keys = Keys()
     client = await Client.connect(process.url)
-    try:
-        before = [keys.sign(content=f"before {n}") for n in range(20)]
-        for event in before:
-            assert (await client.publish(event))[2] is True
-        replies = await kill_child_then_publish(
-            process, client, keys, "relay.store.write_process", 20
-        )
-        acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
-        found = await fetch_by_ids(process.url, *acknowledged)
-        assert {e["id"] for e in found} == set(acknowledged)
-    finally:
-        await client.close()
-        process.kill()
+    yield process, client
+    await client.close()
+
+
+async def test_relay_answers_and_recovers_when_its_write_process_dies(
+    relay_and_client: tuple[RelayProcess, Client],
+) -> None:
+    process, client = relay_and_client
+    keys = Keys()
+    before = [keys.sign(content=f"before {n}") for n in range(20)]
+    for event in before:
+        assert (await client.publish(event))[2] is True
+    replies = await kill_child_then_publish(process, client, keys, "relay.store.write_process", 20)
+    acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
+    found = await fetch_by_ids(process.url, *acknowledged)
+    assert {e["id"] for e in found} == set(acknowledged)
 
 
 async def test_verify_process_checks_each_signature_in_order() -> None:
@@ -234,21 +236,15 @@ async def test_verify_process_checks_each_signature_in_order() -> None:
 
 
 async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
-    relay_process: Any,
+    relay_and_client: tuple[RelayProcess, Client],
 ) -> None:
-    process: RelayProcess = relay_process()
-    await asyncio.to_thread(process.start)
+    process, client = relay_and_client
     keys = Keys()
-    client = await Client.connect(process.url)
-    try:
-        assert (await client.publish(keys.sign(content="before")))[2] is True
-        await kill_child_then_publish(process, client, keys, "relay.net.verify_process", 5)
-        forged = keys.sign(content="forged")
-        forged["sig"] = keys.sign(content="other")["sig"]
-        assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
-    finally:
-        await client.close()
-        process.kill()
+    assert (await client.publish(keys.sign(content="before")))[2] is True
+    await kill_child_then_publish(process, client, keys, "relay.net.verify_process", 5)
+    forged = keys.sign(content="forged")
+    forged["sig"] = keys.sign(content="other")["sig"]
+    assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
 
 
 def test_new_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:

@@ -31,10 +31,10 @@ class VerifyProcess:
         request = b"V" + b"".join(
             bytes.fromhex(e.pubkey) + bytes.fromhex(e.id) + bytes.fromhex(e.sig) for e in events
         )
-        reply = await self.child.call([request])
-        if reply[:1] != b"K" or len(reply) != len(events) + 1:
-            raise ChildRequestError(f"unexpected reply to a check: {reply[:1]!r}")
-        return [valid == 1 for valid in reply[1:]]
+        results = await self.child.call([request], expect=b"K")
+        if len(results) != len(events):
+            raise ChildRequestError(f"{len(results)} results for {len(events)} signatures")
+        return [valid == 1 for valid in results]
 
     async def close(self) -> None:
         await self.child.close()
@@ -46,7 +46,7 @@ def check(record: bytes) -> bool:
 
 def handle(message: bytes) -> bytes:
     if message[:1] != b"V" or (len(message) - 1) % RECORD:
-        return b"E" + b"malformed check request"
+        raise ValueError("malformed check request")
     return b"K" + bytes(check(message[at : at + RECORD]) for at in range(1, len(message), RECORD))
 
 

@@ -49,16 +49,14 @@ class WriteProcess:
         for event in events:
             parts.append(LENGTH.pack(len(event.raw)))
             parts.append(event.raw)
-        reply = await self.child.call(parts)
-        if reply[:1] != b"O" or len(reply) != len(events) + 1:
-            raise WriteProcessError(f"unexpected reply to a batch: {reply[:1]!r}")
-        return [OUTCOMES[index] for index in reply[1:]]
+        codes = await self.child.call(parts, expect=b"O")
+        if len(codes) != len(events):
+            raise WriteProcessError(f"{len(codes)} outcomes for a batch of {len(events)}")
+        return [OUTCOMES[code] for code in codes]
 
     async def purge_expired(self, now: int) -> int:
-        reply = await self.child.call([b"P", NOW.pack(now)])
-        if reply[:1] != b"N":
-            raise WriteProcessError(f"unexpected reply to a purge: {reply[:1]!r}")
-        return int(NOW.unpack(reply[1:])[0])
+        purged = await self.child.call([b"P", NOW.pack(now)], expect=b"N")
+        return int(NOW.unpack(purged)[0])
 
     async def close(self) -> None:
         await self.child.close()
@@ -94,7 +92,7 @@ def _apply(db: sqlite3.Connection, message: bytes) -> bytes:
     if message[:1] == b"P":
         (now,) = NOW.unpack_from(message, 1)
         return b"N" + NOW.pack(sqlite_writes.purge_expired(db, now))
-    return b"E" + f"unknown request {message[:1]!r}".encode()
+    raise ValueError(f"unknown request {message[:1]!r}")
 
 
 def _events(message: bytes, offset: int) -> list[Event]:
