@@ -12,7 +12,6 @@ bench` builds. Whatever the relay does on top, its durable ingest cannot beat th
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -21,8 +20,8 @@ from pathlib import Path
 from bench.data import ingest_events
 from bench.stores import Dataset
 from relay.core.event import event_from_raw
-from relay.store.checkpoint import Checkpointer
-from relay.store.sqlite_writes import prepare_database, save_batch
+from relay.store.sqlite_writes import save_batch
+from relay.store.write_process import open_writer
 
 DATASET_SIZE = 1_000_000
 
@@ -30,11 +29,7 @@ DATASET_SIZE = 1_000_000
 def one_run(path: Path, raws: list[bytes], batch: int) -> tuple[float, float]:
     """(events per second, CPU microseconds per event) for one pass over `raws`."""
     events = [event_from_raw(raw) for raw in raws]
-    db = sqlite3.connect(path, isolation_level=None)
-    prepare_database(db, "FULL", search=False)
-    checkpointer = Checkpointer(str(path))
-    checkpointer.take_over(db)
-    checkpointer.start()
+    db, checkpointer = open_writer(str(path), "FULL", search=False)
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(events), batch):
         save_batch(db, events[start : start + batch])

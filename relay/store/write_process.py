@@ -65,13 +65,20 @@ class WriteProcess:
 # The child.
 
 
-def prepare(argv: Sequence[str]) -> tuple[Handler, Callable[[], None]]:
-    path, synchronous, search = argv[0], argv[1], argv[2] == "1"
+def open_writer(
+    path: str, synchronous: str, search: bool
+) -> tuple[sqlite3.Connection, Checkpointer]:
+    """The writer connection, its schema ready and its checkpoints on a running thread."""
     db = sqlite3.connect(path, isolation_level=None)
     sqlite_writes.prepare_database(db, synchronous, search)
     checkpointer = Checkpointer(path)
     checkpointer.take_over(db)
     checkpointer.start()
+    return db, checkpointer
+
+
+def prepare(argv: Sequence[str]) -> tuple[Handler, Callable[[], None]]:
+    db, checkpointer = open_writer(argv[0], argv[1], search=argv[2] == "1")
 
     def handle(message: bytes) -> bytes:
         reply = _apply(db, message)
