@@ -6,7 +6,7 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -46,6 +46,37 @@ class Flusher:
                 log.exception("could not flush an outbox")
 
 
+class OutboxMeter:
+    """Bytes queued in every outbox of the relay, and the queries waiting for it to drop."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def add(self, size: int) -> None:
+        self.total += size
+
+    def remove(self, size: int) -> None:
+        self.total -= size
+        if self._waiters:
+            self._wake()
+
+    async def wait_below(self, mark: int) -> None:
+        if self.total <= mark:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((mark, future))
+        try:
+            await future
+        finally:
+            self._waiters = [(m, f) for m, f in self._waiters if f is not future]
+
+    def _wake(self) -> None:
+        for mark, future in self._waiters:
+            if self.total <= mark and not future.done():
+                future.set_result(None)
+
+
 class Outbox:
     """Frames wait here until they are written to the transport, in the order put.
 
@@ -61,12 +92,17 @@ class Outbox:
         max_bytes: int,
         on_overflow: Callable[[], None],
         flusher: Flusher | None = None,
+        meter: OutboxMeter | None = None,
     ) -> None:
         self.ws = ws
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
         self._flusher = flusher or Flusher()
+        self._meter = meter or OutboxMeter()
         self.queued_bytes = 0
+        # Set when queued_bytes drops below the mark a query waits for (backpressure).
+        self._drained: asyncio.Future[None] | None = None
+        self._drain_mark = 0
         self._frames: deque[bytes] = deque()
         # Set while the sender task is sending what is queued.
         self._ready = asyncio.Event()
@@ -81,25 +117,49 @@ class Outbox:
             self._overflow()
             return
         self._frames.append(frame)
-        self.queued_bytes += len(frame)
+        self._queued(len(frame))
         self._schedule_flush()
 
-    def put_many(self, frames: list[bytes]) -> None:
-        """`put` each frame (a query's results): all of them, or an overflow."""
+    def put_many(self, frames: Sequence[bytes]) -> None:
+        """`put` each frame (a page of results): all of them, or an overflow."""
         if self.closed:
+            return
+        if len(frames) == 1:
+            self.put(frames[0])
             return
         size = sum(map(len, frames))
         if self.queued_bytes + size > self.max_bytes:
             self._overflow()
             return
         self._frames.extend(frames)
-        self.queued_bytes += size
+        self._queued(size)
         self._schedule_flush()
+
+    def _queued(self, size: int) -> None:
+        self.queued_bytes += size
+        self._meter.add(size)
+
+    def _taken(self, size: int) -> None:
+        self.queued_bytes -= size
+        self._meter.remove(size)
+        drained = self._drained
+        if drained is not None and self.queued_bytes <= self._drain_mark:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    async def wait_below(self, mark: int) -> None:
+        """Return once at most `mark` bytes are queued (or nothing more can be sent)."""
+        while self.queued_bytes > mark and not self.closed:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            self._drain_mark = mark
+            await self._drained
 
     def _overflow(self) -> None:
         self.closed = True
         self._frames.clear()
-        self.queued_bytes = 0
+        self._taken(self.queued_bytes)
         self._ready.set()
         self.on_overflow()
 
@@ -134,13 +194,21 @@ class Outbox:
         except ConnectionClosed:
             pass
         finally:
-            self.closed = True
+            self.close()
+
+    def close(self) -> None:
+        """Nothing more will be sent: forget what is queued and wake a waiting query."""
+        self.closed = True
+        self._frames.clear()
+        self._taken(self.queued_bytes)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _take_batch(self) -> list[bytes]:
         if self.queued_bytes <= MAX_BATCH_BYTES:
             batch = list(self._frames)
             self._frames.clear()
-            self.queued_bytes = 0
+            self._taken(self.queued_bytes)
             return batch
         batch = []
         size = 0
@@ -148,7 +216,7 @@ class Outbox:
             frame = self._frames.popleft()
             batch.append(frame)
             size += len(frame)
-        self.queued_bytes -= size
+        self._taken(size)
         return batch
 
     @property
