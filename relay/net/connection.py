@@ -61,7 +61,7 @@ class RelayServices(Protocol):
     async def verify(self, event: Event) -> bool: ...
 
     def query_pages(
-        self, filters: tuple[Filter, ...], owner: object
+        self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]: ...
 
     async def count(
@@ -84,6 +84,7 @@ class ClientConnection:
         ip: str,
         max_outbox_bytes: int,
         page_bytes: int,
+        max_event_size: int,
         max_result_bytes: int,
     ) -> None:
         self.ws = ws
@@ -94,7 +95,10 @@ class ClientConnection:
         self.outbox = Outbox(
             ws, max_outbox_bytes, self._on_overflow, services.flusher, services.outbox_meter
         )
-        self.page_bytes = page_bytes
+        # A page fits a quarter of the outbox; the room it may need is its bytes plus
+        # the event that crosses them.
+        self.page_bytes = min(page_bytes, max_outbox_bytes // 4)
+        self.page_reserve = self.page_bytes + max_event_size
         self.max_result_bytes = max_result_bytes
         self._in_flight: set[asyncio.Task[None]] = set()
         self._queries: dict[int, asyncio.Task[None]] = {}
@@ -204,13 +208,12 @@ class ClientConnection:
         """Stored events page by page, each only once the client has read the last."""
         session = self.session
         try:
-            pages = self.services.query_pages(filters, self)
+            pages = self.services.query_pages(filters, self, self.page_bytes)
             async with contextlib.aclosing(pages):
-                async for page in pages:
+                while (page := await self._next_page(pages)) is not None:
                     self._do(session.query_page(query_id, page))
                     if query_id not in session.queries:
                         return  # its cap was reached: EOSE is sent
-                    await self._room_for_a_page()
             self._do(session.query_done(query_id))
         except QueryTimeout:
             self._do(session.query_failed(query_id, QueryFailure.TIMEOUT))
@@ -220,12 +223,18 @@ class ClientConnection:
         finally:
             self._queries.pop(query_id, None)
 
-    async def _room_for_a_page(self) -> None:
-        """Backpressure: the next page is read once this client's outbox and all results
-        queued on the relay are below their marks, so a reading client is never dropped
-        for the size of its own result."""
-        await self.outbox.wait_below(self.page_bytes)
+    async def _next_page(self, pages: AsyncGenerator[list[bytes], None]) -> list[bytes] | None:
+        """Backpressure: a page is read only once the client's outbox has room for it and
+        the results queued on the whole relay are below their budget, so a client that
+        reads is never dropped for the size of its results, one that does not holds at
+        most a page per query, and other connections' queries go first meanwhile."""
         await self.services.outbox_meter.wait_below(self.max_result_bytes)
+        promised = await self.outbox.reserve(self.page_reserve)
+        try:
+            return await anext(pages, None)
+        finally:
+            # No await between this and the page being queued.
+            self.outbox.release(promised)
 
     async def _count(self, action: StartCount) -> None:
         session = self.session

@@ -100,9 +100,11 @@ class Outbox:
         self._flusher = flusher or Flusher()
         self._meter = meter or OutboxMeter()
         self.queued_bytes = 0
-        # Set when queued_bytes drops below the mark a query waits for (backpressure).
-        self._drained: asyncio.Future[None] | None = None
-        self._drain_mark = 0
+        # Room promised to queries reading their next page (backpressure).
+        self.reserved_bytes = 0
+        # Resolved when room is made (frames written, a promise returned), for queries
+        # waiting for their turn.
+        self._room: asyncio.Future[None] | None = None
         self._frames: deque[bytes] = deque()
         # Set while the sender task is sending what is queued.
         self._ready = asyncio.Event()
@@ -142,19 +144,31 @@ class Outbox:
     def _taken(self, size: int) -> None:
         self.queued_bytes -= size
         self._meter.remove(size)
-        drained = self._drained
-        if drained is not None and self.queued_bytes <= self._drain_mark:
-            self._drained = None
-            if not drained.done():
-                drained.set_result(None)
+        if self._room is not None:
+            self._made_room()
 
-    async def wait_below(self, mark: int) -> None:
-        """Return once at most `mark` bytes are queued (or nothing more can be sent)."""
-        while self.queued_bytes > mark and not self.closed:
-            if self._drained is None or self._drained.done():
-                self._drained = asyncio.get_running_loop().create_future()
-            self._drain_mark = mark
-            await self._drained
+    async def reserve(self, size: int) -> int:
+        """Wait until a page of `size` bytes fits in half of the outbox with what is queued
+        and promised, and promise it; returns the amount to `release` once it is queued.
+        Stored results so never push out a client that reads, and live events and OKs
+        keep the other half."""
+        half = self.max_bytes // 2
+        size = min(size, half)
+        while not self.closed and self.queued_bytes + self.reserved_bytes + size > half:
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        self.reserved_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.reserved_bytes -= size
+        self._made_room()
+
+    def _made_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def _overflow(self) -> None:
         self.closed = True
@@ -201,8 +215,7 @@ class Outbox:
         self.closed = True
         self._frames.clear()
         self._taken(self.queued_bytes)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._made_room()
 
     def _take_batch(self) -> list[bytes]:
         if self.queued_bytes <= MAX_BATCH_BYTES:

@@ -182,6 +182,7 @@ class RelayServer:
             ip=ip,
             max_outbox_bytes=settings.max_outbox_bytes,
             page_bytes=settings.query_page_bytes,
+            max_event_size=settings.max_event_size,
             max_result_bytes=settings.max_result_bytes_in_flight,
         )
         self.connections.add(connection)
@@ -232,13 +233,23 @@ class RelayServer:
         return outcome.accepted, outcome.reason
 
     async def query_pages(
-        self, filters: tuple[Filter, ...], owner: object
+        self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]:
         """Stored matches page by page (the session caps the REQ as a whole)."""
         found = await self.store.query(filters, int(time.time()))
-        settings = self.settings
-        for start in range(0, len(found), settings.query_page_events):
-            yield found[start : start + settings.query_page_events]
+        page: list[bytes] = []
+        size = 0
+        for raw in found:
+            page.append(raw)
+            size += len(raw)
+            if (
+                len(page) >= self.settings.query_page_events
+                or size >= page_bytes
+            ):
+                yield page
+                page, size = [], 0
+        if page:
+            yield page
 
     async def verify(self, event: Event) -> bool:
         return await self.verifier.verify(event)
