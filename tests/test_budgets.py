@@ -3,6 +3,8 @@ prefix, and what a closed subscription or connection held is given back."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.conftest import RelayFactory, url_of, wait_for
@@ -52,7 +54,7 @@ async def test_queries_in_flight_refused_with_rate_limited(start_relay: RelayFac
     for n in range(30):
         raw.send_json(["COUNT", f"c{n}", {"kinds": [1]}])
     await raw.writer.drain()
-    answers = {}
+    answers: dict[str, list[Any]] = {}
     while len(answers) < 30:
         reply = await raw.read_json()
         if reply[0] != "AUTH":
