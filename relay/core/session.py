@@ -228,6 +228,7 @@ class Session:
         self.queries: dict[int, Query] = {}
         # Live filter entries and held-back bytes of all open subscriptions.
         self.entries = 0
+        self.peak_entries = 0
         self.held_bytes = 0
         self._shared_entries = shared_entries or SharedBudget(1 << 62)
         self._event_rate = event_rate
@@ -349,6 +350,7 @@ class Session:
         sub = Subscription(sub_id, messages.encode_sub_id(sub_id), filters, entries)
         self.subscriptions[sub_id] = sub
         self.entries += entries
+        self.peak_entries = max(self.peak_entries, self.entries)
         # Live first, held back until EOSE: nothing committed meanwhile falls in a gap.
         if not needs_query:
             return [Watch(sub_id, filters), _send(messages.eose(sub_id))]

@@ -23,6 +23,7 @@ from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetwo
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
 from relay.net.outbox import Flusher, OutboxMeter
+from relay.net.trim import MemoryTrimmer
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
@@ -36,6 +37,9 @@ TRANSPORT_SIZE_FACTOR = 2
 SHUTDOWN_FLUSH_SECONDS = 5.0
 # A connection that sent nothing for this long has had every frame it sent read.
 SHUTDOWN_QUIET_SECONDS = 0.1
+# A connection whose filters held this many live index entries at some point leaves
+# enough freed memory behind to be worth giving back to the OS (net/trim.py).
+HEAVY_CONNECTION_ENTRIES = 1000
 
 
 class RelayServer:
@@ -51,6 +55,7 @@ class RelayServer:
         self.outbox_meter = OutboxMeter()
         self.live_entries = SharedBudget(settings.max_live_entries_total)
         self.rate_exempt = ExemptNetworks(settings.rate_limit_exempt)
+        self.trimmer = MemoryTrimmer()
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
@@ -143,6 +148,7 @@ class RelayServer:
             await self._server.wait_closed()
         await self.verifier.close()
         await self.store.close()
+        self.trimmer.cancel()
         log.info("stopped")
 
     async def _settle_connections(self) -> None:
@@ -193,6 +199,8 @@ class RelayServer:
         finally:
             self.connections_per_ip.remove(ip)
             self.connections.discard(connection)
+            if session.peak_entries >= HEAVY_CONNECTION_ENTRIES:
+                self.trimmer.request()
             log.info(
                 "%s disconnected after %.1fs (code %s, %d events)",
                 peer,
@@ -242,10 +250,7 @@ class RelayServer:
         for raw in found:
             page.append(raw)
             size += len(raw)
-            if (
-                len(page) >= self.settings.query_page_events
-                or size >= page_bytes
-            ):
+            if len(page) >= self.settings.query_page_events or size >= page_bytes:
                 yield page
                 page, size = [], 0
         if page:
