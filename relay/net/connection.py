@@ -192,7 +192,7 @@ class ClientConnection:
         self._sub_ids_json[sub_id] = messages.encode_sub_id(sub_id)
         self._held[sub_id] = []
         # Live first, held back until EOSE: nothing committed meanwhile falls in a gap.
-        self.relay.subscriptions.add(self, sub_id, filters)
+        self.relay.subscriptions.add(self, sub_id, filters, int(time.time()))
         self._queries[sub_id] = asyncio.create_task(self._send_stored(sub_id, filters))
 
     async def _send_stored(self, sub_id: str, filters: tuple[Filter, ...]) -> None:

@@ -43,7 +43,9 @@ class RelayServer:
         self.store = store
         self.writer = Writer(store, purge_interval=settings.purge_interval)
         self.verifier = SignatureVerifier(process=settings.verify_process)
-        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
+        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
+            settings.limits.created_at_lower_limit
+        )
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
         self.flusher = Flusher()
