@@ -166,7 +166,28 @@ class _Entry:
         self.rank = (until << SEQ_BITS) | seq
         self.since = f.since or 0
         self.awake = False
-        self.subscribers: set[tuple[Any, str]] = set()
+        # (owner, sub_id) pairs: a 1-tuple for the usual single subscriber (a quarter of a
+        # set's size), a set once the filter is shared.
+        self.subscribers: tuple[tuple[Any, str], ...] | set[tuple[Any, str]] = ()
+
+    def subscribe(self, key: tuple[Any, str]) -> None:
+        subscribers = self.subscribers
+        if not subscribers:
+            self.subscribers = (key,)
+        elif isinstance(subscribers, set):
+            subscribers.add(key)
+        elif key not in subscribers:
+            self.subscribers = {*subscribers, key}
+
+    def unsubscribe(self, key: tuple[Any, str]) -> None:
+        """Removes a subscriber; a set of one goes back to a 1-tuple, none to ()."""
+        subscribers = self.subscribers
+        if isinstance(subscribers, set):
+            subscribers.discard(key)
+            if len(subscribers) <= 1:
+                self.subscribers = tuple(subscribers)
+        elif key in subscribers:
+            self.subscribers = ()
 
 
 # A bucket value: one entry, or two or more sorted by rank.
@@ -260,14 +281,14 @@ class SubscriptionIndex(Generic[Owner]):
         for f in filters:
             if f.can_match and not self._too_old(f, now):
                 entry = self._intern(f)
-                entry.subscribers.add(key)
+                entry.subscribe(key)
                 held[entry] = None
         self._subs[key] = tuple(held)
 
     def remove(self, owner: Owner, sub_id: str) -> None:
         key = (owner, sub_id)
         for entry in self._subs.pop(key, ()):
-            entry.subscribers.discard(key)
+            entry.unsubscribe(key)
             if not entry.subscribers:
                 self._drop(entry)
 
