@@ -1,16 +1,12 @@
-"""The connection's state machine (core/session.py), the live-subscription index, write
-policy and NIP-11, all without I/O."""
+"""The connection's state machine (core/session.py), write policy and NIP-11, without I/O."""
 
 from __future__ import annotations
 
 import json
-from itertools import combinations
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import relay
 from relay.core.auth import AuthPolicy
@@ -41,7 +37,6 @@ from relay.core.session import (
     Watch,
     read_frame,
 )
-from relay.core.subscriptions import SubscriptionIndex
 from tests.nostr import Keys
 
 IDS = ["01" * 32, "02" * 32, "03" * 32]
@@ -71,7 +66,6 @@ def close_frame(sub_id: str) -> str:
     return json.dumps(["CLOSE", sub_id], ensure_ascii=False, separators=(",", ":"))
 
 
-# --- Session.receive: the size limit is in bytes ----------------------------------------
 # --- the connection's state machine: frames and results in, actions out ------------------
 
 WALL = float(NOW)
@@ -552,250 +546,6 @@ def test_dms_need_auth_and_reach_only_their_parties() -> None:
     to_me = live_event(5, kind=4, tags=[["p", PUBKEYS[1]]])
     assert session.live("dm", live_event(6, kind=4), private=True) is None
     assert session.live("dm", to_me, private=True) is not None
-
-
-# --- SubscriptionIndex ----------------------------------------------------------------
-
-
-def index_with(*subs: tuple[str, str, tuple[dict[str, Any], ...]]) -> SubscriptionIndex[str]:
-    index: SubscriptionIndex[str] = SubscriptionIndex()
-    for owner, sub_id, filters in subs:
-        index.add(owner, sub_id, tuple(parse_filter(f) for f in filters))
-    return index
-
-
-@pytest.mark.parametrize(
-    ("obj", "hit", "miss"),
-    [
-        ({"ids": [IDS[0]]}, {"id": IDS[0]}, {"id": IDS[1]}),
-        ({"authors": [PUBKEYS[1]]}, {"pubkey": PUBKEYS[1]}, {"pubkey": PUBKEYS[0]}),
-        ({"kinds": [7]}, {"kind": 7}, {"kind": 1}),
-        ({"#e": ["x"]}, {"tags": [["e", "x"]]}, {"tags": [["e", "y"]]}),
-        ({"#e": ["x"]}, {"tags": [["p", "y"], ["e", "x", "wss://r"]]}, {"tags": [["E", "x"]]}),
-        ({"#t": ["x"]}, {"tags": [["t", "y"], ["t", "x"]]}, {"tags": [["t"], ["x", "t"]]}),
-        ({"since": 5}, {"created_at": 5}, {"created_at": 4}),
-        ({"until": 5}, {"created_at": 5}, {"created_at": 6}),
-        ({}, {"kind": 65535}, None),
-    ],
-)
-def test_index_matches_by_each_field(
-    obj: dict[str, Any], hit: dict[str, Any], miss: dict[str, Any] | None
-) -> None:
-    index = index_with(("c1", "s", (obj,)))
-    assert index.matching(make_event(**hit)) == {("c1", "s")}
-    if miss is not None:
-        assert index.matching(make_event(**miss)) == set()
-
-
-def test_index_checks_every_condition_not_just_the_indexed_one() -> None:
-    index = index_with(
-        ("c", "ids", ({"ids": [IDS[0]], "kinds": [2]},)),
-        ("c", "authors", ({"authors": [PUBKEYS[0]], "#e": ["x"]},)),
-        ("c", "tags", ({"#e": ["x"], "#p": ["y"]},)),
-        ("c", "kinds", ({"kinds": [1], "until": 4},)),
-    )
-    event = make_event(id=IDS[0], pubkey=PUBKEYS[0], kind=1, created_at=5, tags=[["e", "x"]])
-    assert index.matching(event) == {("c", "authors")}
-
-
-def test_index_several_filters_are_or() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]}, {"authors": [PUBKEYS[1]]}, {"#t": ["n"]})))
-    assert index.matching(make_event(kind=1)) == {("c", "s")}
-    assert index.matching(make_event(kind=2, pubkey=PUBKEYS[1])) == {("c", "s")}
-    assert index.matching(make_event(kind=2, tags=[["t", "n"]])) == {("c", "s")}
-    assert index.matching(make_event(kind=2)) == set()
-
-
-def test_index_reports_a_subscription_once_even_if_several_filters_match() -> None:
-    index = index_with(("c", "s", ({}, {"kinds": [1]}, {"ids": [IDS[0]]}, {"#e": ["x", "y"]})))
-    event = make_event(tags=[["e", "x"], ["e", "y"], ["e", "x"]])
-    assert index.matching(event) == {("c", "s")}
-
-
-def test_index_owners_and_sub_ids() -> None:
-    index = index_with(
-        ("c1", "s", ({"kinds": [1]},)),
-        ("c2", "s", ({"kinds": [1]},)),
-        ("c1", "t", ({"kinds": [2]},)),
-        ("c2", "u", ({},)),
-    )
-    assert len(index) == 4
-    assert index.matching(make_event(kind=1)) == {("c1", "s"), ("c2", "s"), ("c2", "u")}
-    assert index.matching(make_event(kind=2)) == {("c1", "t"), ("c2", "u")}
-
-
-def test_index_filters_that_cannot_match_are_never_returned() -> None:
-    index = index_with(
-        ("c", "empty-ids", ({"ids": []},)),
-        ("c", "empty-tag", ({"#e": []},)),
-        ("c", "window", ({"since": 9, "until": 1},)),
-    )
-    assert len(index) == 3
-    assert index.matching(make_event(tags=[["e", "x"]])) == set()
-
-
-def test_index_add_replaces_the_filters() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]},)), ("c", "s", ({"kinds": [2]},)))
-    assert len(index) == 1
-    assert index.matching(make_event(kind=1)) == set()
-    assert index.matching(make_event(kind=2)) == {("c", "s")}
-
-
-def test_index_remove() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]},)), ("c", "t", ({"kinds": [1]},)))
-    index.remove("c", "s")
-    assert index.matching(make_event(kind=1)) == {("c", "t")}
-    index.remove("c", "s")  # unknown: no error
-    index.remove("other", "t")  # another owner's id: untouched
-    assert len(index) == 1
-
-
-def test_index_remove_owner() -> None:
-    index = index_with(
-        ("c1", "a", ({},)),
-        ("c1", "b", ({"kinds": [1]},)),
-        ("c2", "a", ({},)),
-    )
-    index.remove_owner("c1", ["a", "b", "never-opened"])
-    assert len(index) == 1
-    assert index.matching(make_event(kind=1)) == {("c2", "a")}
-
-
-def test_index_leaves_no_empty_buckets() -> None:
-    index = index_with(
-        ("c", "a", ({"ids": IDS}, {"authors": PUBKEYS}, {"#e": ["x", "y"]}, {"kinds": [1, 2]})),
-        ("c", "b", ({}, {}, {"kinds": [1]})),
-    )
-    index.matching(make_event(tags=[["e", "x"]]))
-    index.remove_owner("c", ["a", "b"])
-    assert len(index) == 0
-    assert not index._buckets
-
-
-TAG_NAMES = ["e", "p", "t", "E"]
-VALUES = ["a", "b", "c"]
-
-
-def subsets(items: list[Any]) -> list[frozenset[Any]]:
-    """Every non-empty subset, then the empty one, which matches nothing."""
-    return [frozenset(c) for n in range(1, len(items) + 1) for c in combinations(items, n)] + [
-        frozenset()
-    ]
-
-
-@st.composite
-def filters_st(draw: st.DrawFn) -> Filter:
-    """Filters spread evenly over the field the index files them under (ids, then authors,
-    then a tag, then kinds, else catch-all): each field is absent when a more selective one
-    must not be there, present when it leads, and random below the lead."""
-    lead = draw(st.sampled_from(["*", "kind", "tag", "author", "id"]))
-    rank = ["*", "kind", "tag", "author", "id"].index(lead)
-
-    def field(level: int, options: list[Any]) -> Any:
-        if level > rank:
-            return None
-        if level == rank:
-            return draw(st.sampled_from(options))
-        return draw(st.sampled_from([None, *options]))
-
-    tag_count = 0 if rank < 2 else draw(st.integers(1 if rank == 2 else 0, 2))
-    tags = draw(
-        st.dictionaries(
-            st.sampled_from(TAG_NAMES),
-            st.sampled_from(subsets(VALUES)),
-            min_size=tag_count,
-            max_size=tag_count,
-        )
-    )
-    times = [None, None, *range(7)]
-    return Filter(
-        ids=field(4, subsets(IDS)),
-        authors=field(3, subsets(PUBKEYS)),
-        kinds=field(1, subsets([0, 1, 30000])),
-        tags=tuple(sorted(tags.items())),
-        since=draw(st.sampled_from(times)),
-        until=draw(st.sampled_from(times)),
-    )
-
-
-# Mostly indexable (name, value) pairs; then tags no `#x` filter can match, and a longer one.
-tag_st = st.sampled_from(
-    [[name, value] for name in TAG_NAMES for value in VALUES]
-    + [["e"], ["alt", "a"], ["ee", "a"], ["", "a"], ["a", "e"], ["e", "a", "extra"]]
-)
-events_st = st.builds(
-    make_event,
-    id=st.sampled_from(IDS),
-    pubkey=st.sampled_from(PUBKEYS),
-    created_at=st.integers(0, 6),
-    kind=st.sampled_from([0, 1, 30000]),
-    tags=st.lists(tag_st, max_size=4),
-)
-
-
-@st.composite
-def event_for(draw: st.DrawFn, f: Filter) -> Event:
-    """An event meant to pass `f`, where it can: a random event rarely reaches a tag bucket."""
-
-    def pick(options: list[Any], wanted: frozenset[Any] | None) -> Any:
-        return draw(st.sampled_from(sorted(wanted) if wanted else options))
-
-    low, high = f.since or 0, 6 if f.until is None else f.until
-    tags = [[name, pick(VALUES, values)] for name, values in f.tags]
-    return make_event(
-        id=pick(IDS, f.ids),
-        pubkey=pick(PUBKEYS, f.authors),
-        created_at=draw(st.integers(low, high)) if low <= high else low,
-        kind=pick([0, 1, 30000], f.kinds),
-        tags=draw(st.permutations(tags + draw(st.lists(tag_st, max_size=2)))),
-    )
-
-
-owners_st = st.sampled_from(["c1", "c2"])
-sub_ids_st = st.sampled_from(["s1", "s2", "s3"])
-operations_st = st.lists(
-    st.tuples(st.just("add"), owners_st, sub_ids_st, st.lists(filters_st(), min_size=1, max_size=3))
-    | st.tuples(st.just("remove"), owners_st, sub_ids_st)
-    | st.tuples(st.just("remove_owner"), owners_st),
-    max_size=8,
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(operations=operations_st, events=st.lists(events_st, max_size=3), data=st.data())
-def test_index_matches_brute_force(
-    operations: list[tuple[Any, ...]], events: list[Event], data: st.DataObject
-) -> None:
-    """The index answers exactly what trying every filter of every subscription does."""
-    index: SubscriptionIndex[str] = SubscriptionIndex()
-    model: dict[tuple[str, str], list[Filter]] = {}
-    for op in operations:
-        if op[0] == "add":
-            _, owner, sub_id, filters = op
-            index.add(owner, sub_id, tuple(filters))
-            model[(owner, sub_id)] = filters
-        elif op[0] == "remove":
-            _, owner, sub_id = op
-            index.remove(owner, sub_id)
-            model.pop((owner, sub_id), None)
-        else:
-            _, owner = op
-            sub_ids = [s for o, s in model if o == owner]
-            index.remove_owner(owner, sub_ids)
-            for sub_id in sub_ids:
-                del model[(owner, sub_id)]
-    assert len(index) == len(model)
-    live = [f for filters in model.values() for f in filters]
-    if live:
-        targets = data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=3))
-        events = events + [data.draw(event_for(f)) for f in targets]
-    for event in events:
-        expected = {key for key, filters in model.items() if any(f.matches(event) for f in filters)}
-        assert index.matching(event) == expected
-    for owner in ("c1", "c2"):
-        index.remove_owner(owner, ["s1", "s2", "s3"])
-    assert len(index) == 0
-    assert not index._buckets
 
 
 # --- write policy ---------------------------------------------------------------------

@@ -48,7 +48,9 @@ class RelayServer:
         self.store = store
         self.writer = Writer(store, purge_interval=settings.purge_interval)
         self.verifier = SignatureVerifier(process=settings.verify_process)
-        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
+        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
+            settings.limits.created_at_lower_limit
+        )
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
         self.flusher = Flusher()
@@ -260,7 +262,7 @@ class RelayServer:
         return await self.verifier.verify(event)
 
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None:
-        self.subscriptions.add(owner, sub_id, filters)
+        self.subscriptions.add(owner, sub_id, filters, int(time.time()))
 
     def unwatch(self, owner: ClientConnection, sub_id: str) -> None:
         self.subscriptions.remove(owner, sub_id)
