@@ -228,13 +228,21 @@ def _base36(number: int) -> str:
             return out
 
 
-def future_since_reqs(_connection: int) -> list[bytes]:
-    """Attack 4: subscriptions to kind 1 whose `since` no event can reach."""
-    flt = {"kinds": [1], "since": 2**40, "limit": 0}
-    return [
-        orjson.dumps(["REQ", f"tax{number}", *([flt] * TAX_FILTERS)])
-        for number in range(TAX_SUBSCRIPTIONS)
-    ]
+def future_since_reqs(connection: int) -> list[bytes]:
+    """Attack 4: subscriptions to kind 1 whose `since` no event can reach.
+
+    Every filter of the attack differs (`since` is 2**40 plus its number): identical filters
+    of one REQ are one entry in the live index, and a hostile client would not send those.
+    """
+    first = connection * TAX_SUBSCRIPTIONS * TAX_FILTERS
+    frames = []
+    for number in range(TAX_SUBSCRIPTIONS):
+        filters = [
+            {"kinds": [1], "since": 2**40 + first + number * TAX_FILTERS + f, "limit": 0}
+            for f in range(TAX_FILTERS)
+        ]
+        frames.append(orjson.dumps(["REQ", f"tax{number}", *filters]))
+    return frames
 
 
 async def hold_subscriptions(
@@ -256,7 +264,11 @@ async def hold_subscriptions(
         for req in reqs:
             client.send(req)
         clients.append(client)
-    await asyncio.wait_for(everything_answered.wait(), ATTACK_SECONDS)
+    # Done when everything is answered, or when the relay has closed every connection.
+    answered = asyncio.ensure_future(everything_answered.wait())
+    all_closed = asyncio.gather(*(client.closed for client in clients))
+    await asyncio.wait((answered, all_closed), return_when=asyncio.FIRST_COMPLETED)
+    answered.cancel()
     replies.disconnected = sum(1 for client in clients if client.closed.done())
     pipe.send(("ok", replies))
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
@@ -662,8 +674,8 @@ def attack_big_feed(ctx: Context, deadline: Deadline) -> tuple[str, bool]:
             holder.result(deadline.left())
     reader = readers[0]
     figure = (
-        f"{reader.events} of {FEED_NOTES} events, EOSE {'yes' if reader.eose else 'no'}"
-        f" after {reader.seconds:.1f} s"
+        f"{reader.events} of {FEED_NOTES} events, EOSE {'yes' if reader.eose else 'no'},"
+        f" over after {reader.seconds:.2f} s"
         + _notices(reader.replies)
         + (f" (close code {reader.close_code})" if reader.close_code else "")
         + (f"; CLOSED {prefixes(reader.replies.closed)}" if reader.replies.closed else "")
@@ -731,7 +743,7 @@ ATTACKS: dict[int, Attack] = {
     ),
     4: Attack(
         f"4. kind-1 publish ({PUBLISH_IN_FLIGHT} in flight) with {TAX_CONNECTIONS} connections"
-        f" x {TAX_SUBSCRIPTIONS} subs x {TAX_FILTERS} filters since 2^40",
+        f" x {TAX_SUBSCRIPTIONS} subs x {TAX_FILTERS} filters, kind 1, since 2^40 + n",
         "rate >= 50% of the rate without them",
         attack_publish_tax,
     ),

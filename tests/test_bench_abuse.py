@@ -61,3 +61,21 @@ def test_big_notes_are_about_124_kb_and_acceptable_by_default() -> None:
         message = session.receive(b'["EVENT",' + raw + b"]")
         assert isinstance(message, EventMessage)
         check_write(checks, event_from_raw(raw), int(time.time()))
+
+
+def test_never_matching_filters_fit_the_default_limits_and_all_differ() -> None:
+    seen = set()
+    for connection in range(2):
+        session = Session(Limits())
+        frames = abuse.future_since_reqs(connection)
+        assert len(frames) == abuse.TAX_SUBSCRIPTIONS
+        for frame in frames:
+            message = session.receive(frame)
+            assert isinstance(message, ReqMessage)
+            session.open(message)
+            for flt in message.filters:
+                assert flt.kinds == frozenset({1})
+                assert flt.since is not None
+                assert flt.since >= 2**40
+                seen.add(flt)
+    assert len(seen) == 2 * abuse.TAX_SUBSCRIPTIONS * abuse.TAX_FILTERS
