@@ -226,3 +226,14 @@ def negentropy_items(f: Filter, now: int, cap: int | None) -> Query:
         sql += " LIMIT ?"
         params.append(cap)
     return sql, params
+
+
+def export_events(f: Filter, now: int) -> Query:
+    """Raw JSON of the live events matching `f` for `relay export`: in insertion order
+    (an import replays deletions and replacements as they happened), or with a `limit`
+    the newest ones, as a REQ returns them."""
+    if f.limit is not None:
+        return select_events(f, now)
+    params: list[Any] = []
+    conditions = _where(f, now, params, skip_tag=None)
+    return f"SELECT e.raw FROM events e WHERE {' AND '.join(conditions)} ORDER BY e.seq", params
