@@ -18,7 +18,7 @@ import operator
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -38,7 +38,10 @@ MIN_FRAME_SIZE_LIMIT = 4096
 # Room kept free under the limit for the closing fingerprint of what was left out.
 FRAME_SLACK = 200
 _MASK = (1 << 256) - 1
-_ZERO_ID = bytes(ID_SIZE)
+# The modes encoded as varints (each one byte), written for every range.
+_SKIP = b"\x00"
+_FINGERPRINT = b"\x01"
+_ID_LIST = b"\x02"
 
 
 class NegentropyError(ValueError):
@@ -76,10 +79,6 @@ class Bound:
     timestamp: int
     id_prefix: bytes = b""
 
-    def __post_init__(self) -> None:
-        if len(self.id_prefix) > ID_SIZE:
-            raise ValueError("a bound's id prefix is at most 32 bytes")
-
     @property
     def key(self) -> tuple[int, bytes]:
         return self.timestamp, self.id_prefix.ljust(ID_SIZE, b"\0")
@@ -103,9 +102,9 @@ def minimal_bound(prev: tuple[int, bytes], curr: tuple[int, bytes]) -> Bound:
 class _Reader:
     """Reads one message; bound timestamps are deltas from the previous one read."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, pos: int = 0) -> None:
         self.data = data
-        self.pos = 0
+        self.pos = pos
         self.last_timestamp = 0
 
     @property
@@ -121,17 +120,22 @@ class _Reader:
         return chunk
 
     def varint(self) -> int:
-        value = 0
         data = self.data
+        pos = self.pos
+        if pos < len(data) and data[pos] < 0x80:  # most varints are one byte
+            self.pos = pos + 1
+            return data[pos]
+        value = 0
         while True:
-            if self.pos >= len(data):
+            if pos >= len(data):
                 raise NegentropyError("message ends in the middle of a varint")
-            byte = data[self.pos]
-            self.pos += 1
+            byte = data[pos]
+            pos += 1
             value = (value << 7) | (byte & 0x7F)
             if value > MAX_U64:
                 raise NegentropyError("varint larger than 64 bits")
             if not byte & 0x80:
+                self.pos = pos
                 return value
 
     def bound(self) -> Bound:
@@ -146,6 +150,25 @@ class _Reader:
             raise NegentropyError("bound id prefix longer than 32 bytes")
         return Bound(timestamp, self.take(length))
 
+    def ranges(self) -> Iterator[Range]:
+        """The ranges one by one: a reply cut by the frame limit leaves the rest unread."""
+        while not self.at_end:
+            upper = self.bound()
+            mode = self.varint()
+            if mode == Mode.SKIP:
+                yield Range(upper, Mode.SKIP)
+            elif mode == Mode.FINGERPRINT:
+                yield Range(upper, Mode.FINGERPRINT, self.take(FINGERPRINT_SIZE))
+            elif mode == Mode.ID_LIST:
+                count = self.varint()
+                if count * ID_SIZE > len(self.data) - self.pos:
+                    raise NegentropyError("id list longer than the message")
+                blob = self.take(count * ID_SIZE)
+                ids = tuple(blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE))
+                yield Range(upper, Mode.ID_LIST, ids=ids)
+            else:
+                raise NegentropyError(f"unknown range mode {mode}")
+
 
 class _Writer:
     """Builds one message; encodes bound timestamps as deltas from the previous one."""
@@ -155,13 +178,15 @@ class _Writer:
         self.last_timestamp = 0
 
     def bound(self, bound: Bound, into: bytearray) -> None:
+        if len(bound.id_prefix) > ID_SIZE:
+            raise ValueError("a bound's id prefix is at most 32 bytes")
         if bound.timestamp == INFINITY:
             into += b"\0"
             self.last_timestamp = INFINITY
         else:
             into += encode_varint(bound.timestamp - self.last_timestamp + 1)
             self.last_timestamp = bound.timestamp
-        into += encode_varint(len(bound.id_prefix))
+        into.append(len(bound.id_prefix))  # at most 32: a one-byte varint
         into += bound.id_prefix
 
 
@@ -184,34 +209,21 @@ class Message:
     ranges: tuple[Range, ...]
 
 
-def decode_message(data: bytes) -> Message:
-    """Parse a whole message; raises NegentropyError. Other versions carry no ranges."""
+def open_message(data: bytes) -> tuple[int, Iterator[Range]]:
+    """The version byte and the ranges, read lazily; another version carries none."""
     if not data:
         raise NegentropyError("empty negentropy message")
     version = data[0]
     if version not in VERSION_RANGE:
         raise NegentropyError(f"invalid negentropy protocol version byte 0x{version:02x}")
     if version != PROTOCOL_VERSION:
-        return Message(version, ())
-    reader = _Reader(data)
-    reader.pos = 1
-    ranges: list[Range] = []
-    while not reader.at_end:
-        upper = reader.bound()
-        mode = reader.varint()
-        if mode == Mode.SKIP:
-            ranges.append(Range(upper, Mode.SKIP))
-        elif mode == Mode.FINGERPRINT:
-            ranges.append(Range(upper, Mode.FINGERPRINT, reader.take(FINGERPRINT_SIZE)))
-        elif mode == Mode.ID_LIST:
-            count = reader.varint()
-            if count * ID_SIZE > len(data) - reader.pos:
-                raise NegentropyError("id list longer than the message")
-            blob = reader.take(count * ID_SIZE)
-            ids = tuple(blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE))
-            ranges.append(Range(upper, Mode.ID_LIST, ids=ids))
-        else:
-            raise NegentropyError(f"unknown range mode {mode}")
+        return version, iter(())
+    return version, _Reader(data, 1).ranges()
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse a whole message; raises NegentropyError."""
+    version, ranges = open_message(data)
     return Message(version, tuple(ranges))
 
 
@@ -374,7 +386,7 @@ class _Reconciler:
     def _over_limit(self, size: int) -> bool:
         return bool(self.frame_size_limit) and size > self.frame_size_limit - FRAME_SLACK
 
-    def _reconcile(self, ranges: Sequence[Range], initiator: bool) -> _Round:
+    def _reconcile(self, ranges: Iterable[Range], initiator: bool) -> _Round:
         state = _Round(self, initiator)
         for r in ranges:
             if not state.answer(r):
@@ -388,7 +400,7 @@ class _Reconciler:
         count = upper - lower
         if count < BUCKETS * 2:
             writer.bound(upper_bound, out)
-            out += encode_varint(Mode.ID_LIST)
+            out += _ID_LIST
             out += encode_varint(count)
             out += storage.ids_blob[lower * ID_SIZE : upper * ID_SIZE]
             return out
@@ -401,7 +413,7 @@ class _Reconciler:
             else:
                 bound = minimal_bound(storage.item(end - 1), storage.item(end))
             writer.bound(bound, out)
-            out += encode_varint(Mode.FINGERPRINT)
+            out += _FINGERPRINT
             out += storage.fingerprint(start, end)
             start = end
         return out
@@ -454,7 +466,7 @@ class _Round:
         if self.skipping:
             self.skipping = False
             self.writer.bound(self.prev_bound, out)
-            out += encode_varint(Mode.SKIP)
+            out += _SKIP
 
     def _compare_ids(self, theirs: Sequence[bytes], lower: int, upper: int) -> None:
         their_ids = set(theirs)
@@ -481,7 +493,7 @@ class _Round:
             else minimal_bound(self.storage.item(end - 1), self.storage.item(end))
         )
         self.writer.bound(bound, out)
-        out += encode_varint(Mode.ID_LIST)
+        out += _ID_LIST
         out += encode_varint(end - lower)
         out += self.storage.ids_blob[lower * ID_SIZE : end * ID_SIZE]
         return end
@@ -490,7 +502,7 @@ class _Round:
         """End the message: `out` so far, then one fingerprint for everything from `start`."""
         self.writer.out += out
         self.writer.bound(INFINITE_BOUND, self.writer.out)
-        self.writer.out += encode_varint(Mode.FINGERPRINT)
+        self.writer.out += _FINGERPRINT
         self.writer.out += self.storage.fingerprint(start, len(self.storage))
         return False
 
@@ -500,10 +512,10 @@ class NegentropyServer(_Reconciler):
 
     def answer(self, query: bytes) -> bytes:
         """The reply to one message; raises NegentropyError for a malformed one."""
-        message = decode_message(query)
-        if message.version != PROTOCOL_VERSION:
+        version, ranges = open_message(query)
+        if version != PROTOCOL_VERSION:
             return bytes((PROTOCOL_VERSION,))
-        return bytes(self._reconcile(message.ranges, initiator=False).writer.out)
+        return bytes(self._reconcile(ranges, initiator=False).writer.out)
 
 
 class NegentropyClient(_Reconciler):
@@ -516,11 +528,9 @@ class NegentropyClient(_Reconciler):
 
     def reconcile(self, reply: bytes) -> tuple[bytes | None, list[bytes], list[bytes]]:
         """(next message or None when in sync, ids we have and they lack, ids we need)."""
-        message = decode_message(reply)
-        if message.version != PROTOCOL_VERSION:
-            raise NegentropyError(
-                f"the server speaks negentropy version 0x{message.version:02x}, not 0x61"
-            )
-        state = self._reconcile(message.ranges, initiator=True)
+        version, ranges = open_message(reply)
+        if version != PROTOCOL_VERSION:
+            raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
+        state = self._reconcile(ranges, initiator=True)
         out = bytes(state.writer.out)
         return (out if len(out) > 1 else None), state.have, state.need
