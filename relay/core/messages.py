@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from relay.core import canonical
 from relay.core.errors import ClientError, MessageError, NegRefused, ReqRefused
@@ -70,7 +70,7 @@ class NegCloseMessage:
 
 
 NegMessage = NegOpenMessage | NegMsgMessage | NegCloseMessage
-ClientMessage = EventMessage | ReqMessage | CloseMessage | AuthMessage | CountMessage | NegMessage
+ClientMessage = EventMessage | ReqMessage | CloseMessage | AuthMessage | CountMessage
 NEG_VERBS = frozenset({"NEG-OPEN", "NEG-MSG", "NEG-CLOSE"})
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
@@ -78,7 +78,15 @@ _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 SUBSCRIPTION_VERBS_UNSUPPORTED: frozenset[str] = frozenset()
 
 
-def parse_message(frame: bytes | str, *, negentropy: bool = False) -> ClientMessage:
+@overload
+def parse_message(frame: bytes | str, *, negentropy: Literal[False] = False) -> ClientMessage: ...
+
+
+@overload
+def parse_message(frame: bytes | str, *, negentropy: bool) -> ClientMessage | NegMessage: ...
+
+
+def parse_message(frame: bytes | str, *, negentropy: bool = False) -> ClientMessage | NegMessage:
     """Parse one client frame; raises MessageError naming whom to answer.
 
     NIP-77 verbs are parsed only for a connection that serves them (`negentropy`);
