@@ -81,6 +81,10 @@ class Settings:
     max_live_entries: int = DEFAULT_LIMITS.max_live_entries
     max_queries_in_flight: int = DEFAULT_LIMITS.max_queries_in_flight
     max_held_bytes: int = DEFAULT_LIMITS.max_held_bytes
+    max_neg_sessions: int = DEFAULT_LIMITS.max_neg_sessions
+    max_neg_items: int = DEFAULT_LIMITS.max_neg_items
+    # Events in all negentropy sets held at once (72 bytes each).
+    max_neg_items_total: int = 4_000_000
     # Relay-wide budgets. Live filter entries of all connections together (a REQ past it
     # is CLOSED "restricted: ..."), and bytes of stored results read but not yet written
     # to sockets (a query past it waits for others' results to drain).
@@ -132,6 +136,9 @@ class Settings:
     # (bench/README.md); operators who want NIP-50 switch it on.
     search_enabled: bool = False
     vanish_enabled: bool = True
+    # NIP-77 negentropy sync; a session idle this many seconds is closed.
+    negentropy_enabled: bool = True
+    neg_idle_seconds: float = 60.0
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""
@@ -275,6 +282,9 @@ AT_LEAST_ONE = (
     "max_live_entries",
     "max_queries_in_flight",
     "max_held_bytes",
+    "max_neg_sessions",
+    "max_neg_items",
+    "max_neg_items_total",
     "max_live_entries_total",
     "max_result_bytes_in_flight",
     "query_page_events",

@@ -26,7 +26,7 @@ async def test_information_document_with_nostr_accept_header(relay: RelayServer)
     assert response.headers["content-type"].split(";")[0].strip() == NOSTR_JSON
     assert_cors(response)
     document = response.json()
-    assert document["supported_nips"] == [1, 9, 11, 40, 42, 45, 62, 70]
+    assert document["supported_nips"] == [1, 9, 11, 40, 42, 45, 62, 70, 77]
     assert all(type(nip) is int for nip in document["supported_nips"])
     assert document["software"].startswith("https://")
     assert document["version"] == __version__

@@ -15,6 +15,7 @@ from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter, parse_filter
 from relay.core.limits import Limits
 from relay.core.messages import CloseMessage, ReqMessage, refusal
+from relay.core.negentropy import NegentropyServer, Storage
 from relay.core.nip11 import RelayInfo, information_document
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
@@ -22,11 +23,16 @@ from relay.core.session import (
     COUNT_DISABLED,
     EVENT_RATE,
     HELD_OVERFLOW,
+    NEG_BUSY,
+    NEG_IDLE,
+    NEG_PENDING,
     Action,
     Authenticate,
     CancelQuery,
     Ingest,
+    OpenNegentropy,
     QueryFailure,
+    Reconcile,
     Send,
     Session,
     SessionPolicy,
@@ -717,3 +723,57 @@ def test_information_document_is_fresh_each_time() -> None:
     second = information_document(RelayInfo(), Limits())
     assert 99 not in second["supported_nips"]
     assert second["limitation"]["max_limit"] == Limits().max_limit
+
+
+# --- NIP-77 negentropy ------------------------------------------------------------------
+
+
+def neg_open(session: Session, sub_id: str, flt: dict[str, Any] | None = None) -> OpenNegentropy:
+    (action,) = receive(session, ["NEG-OPEN", sub_id, flt or {}, "61"])
+    assert isinstance(action, OpenNegentropy)
+    return action
+
+
+def test_neg_open_loads_then_each_message_is_answered_in_turn() -> None:
+    session = session_with()
+    opened = neg_open(session, "n", {"kinds": [1]})
+    assert opened.filter == Filter(kinds=frozenset([1]))
+    server = NegentropyServer(Storage([]))
+    # A NEG-MSG before the set is loaded ends the session.
+    assert replies(receive(session, ["NEG-MSG", "n", "61"])) == [["NEG-ERR", "n", NEG_PENDING]]
+    assert session.neg_opened(opened.query_id, server, 0, b"\x61") == []
+    opened = neg_open(session, "n")
+    assert replies(session.neg_opened(opened.query_id, server, 0, b"\x61")) == [
+        ["NEG-MSG", "n", "61"]
+    ]
+    (reconcile,) = receive(session, ["NEG-MSG", "n", "61"])
+    assert isinstance(reconcile, Reconcile)
+    assert reconcile.server is server
+    assert replies(session.neg_answered(reconcile.query_id, b"\x61")) == [["NEG-MSG", "n", "61"]]
+    assert receive(session, ["NEG-CLOSE", "n"]) == []
+    assert session.negentropy == {}
+
+
+def test_neg_open_on_an_open_id_cancels_the_old_load() -> None:
+    session = session_with()
+    old = neg_open(session, "n")
+    actions = receive(session, ["NEG-OPEN", "n", {}, "61"])
+    assert actions[0] == CancelQuery(old.query_id)
+    assert isinstance(actions[1], OpenNegentropy)
+    assert session.neg_opened(old.query_id, NegentropyServer(Storage([])), 0, b"\x61") == []
+
+
+def test_negentropy_sets_share_the_relays_budget_and_idle_ones_end() -> None:
+    shared = SharedBudget(10)
+    policy = SessionPolicy(neg_idle_seconds=5)
+    one, two = Session(policy, shared_neg_items=shared), Session(policy, shared_neg_items=shared)
+    server = NegentropyServer(Storage([]))
+    first = neg_open(one, "a")
+    one.neg_opened(first.query_id, server, 8, b"\x61")
+    second = neg_open(two, "b")
+    assert replies(two.neg_opened(second.query_id, server, 8, b"\x61")) == [
+        ["NEG-ERR", "b", NEG_BUSY]
+    ]
+    assert one.tick(WALL + 1) == []
+    assert replies(one.tick(WALL + 6)) == [["NEG-ERR", "a", NEG_IDLE]]
+    assert shared.used == 0

@@ -33,6 +33,10 @@ class Limits:
     max_queries_in_flight: int = 32
     # Bytes of live events held back until their subscription's EOSE.
     max_held_bytes: int = 2 * 1024 * 1024
+    # NIP-77: negentropy sessions open at once, and events in one session's set (a larger
+    # set is NEG-ERR "blocked: ..."; strfry's default is the same million).
+    max_neg_sessions: int = 4
+    max_neg_items: int = 1_000_000
     # NIP-13 leading zero bits a new event's id must have; 0 turns the check off.
     min_pow_difficulty: int = 0
     # NIP-11: writers must meet a condition they should know of beforehand (a pubkey or

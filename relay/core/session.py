@@ -19,6 +19,7 @@ from relay.core.errors import (
     ClientError,
     Invalid,
     MessageError,
+    NegRefused,
     RateLimited,
     ReqRefused,
     Restricted,
@@ -33,9 +34,14 @@ from relay.core.messages import (
     CloseMessage,
     CountMessage,
     EventMessage,
+    NegCloseMessage,
+    NegMessage,
+    NegMsgMessage,
+    NegOpenMessage,
     ReqMessage,
     parse_message,
 )
+from relay.core.negentropy import NegentropyServer
 from relay.core.ratelimit import RateLimiter
 
 # --- what the session asks its driver to do ---------------------------------------------
@@ -99,7 +105,38 @@ class Authenticate:
     event: Event
 
 
-Action = Send | Watch | Unwatch | StartQuery | StartCount | CancelQuery | Ingest | Authenticate
+@dataclass(frozen=True, slots=True)
+class OpenNegentropy:
+    """NIP-77: load the filter's (created_at, id) set that `readers` may see, build the
+    reconciliation over it and answer the first message; then `neg_opened`."""
+
+    query_id: int
+    filter: Filter
+    readers: frozenset[str]
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Answer one NEG-MSG with `server` (CPU work, off the event loop); then `neg_answered`."""
+
+    query_id: int
+    server: NegentropyServer
+    message: bytes
+
+
+Action = (
+    Send
+    | Watch
+    | Unwatch
+    | StartQuery
+    | StartCount
+    | CancelQuery
+    | Ingest
+    | Authenticate
+    | OpenNegentropy
+    | Reconcile
+)
 
 
 class QueryFailure(Enum):
@@ -121,6 +158,10 @@ COUNT_TIMEOUT = "error: the count took too long, narrow the filter"
 COUNT_FAILED = "error: the count failed"
 COUNT_DISABLED = "unsupported: COUNT is not enabled here"
 HELD_OVERFLOW = "error: too many live events arrived while the query ran, subscribe again"
+NEG_IDLE = "closed: the negentropy session was idle too long"
+NEG_BUSY = "rate-limited: the relay holds too many negentropy sets, try later"
+NEG_PENDING = "invalid: NEG-MSG before the last one was answered"
+NEG_UNKNOWN = "closed: no such negentropy session"
 OVERFLOW = "error: too many unread messages, disconnecting"
 
 
@@ -154,6 +195,9 @@ class SessionPolicy:
     search_enabled: bool = False
     req_rate: float = 0.0
     req_burst: int = 20
+    # NIP-77 negentropy: served when on; sessions idle this long are closed.
+    negentropy_enabled: bool = True
+    neg_idle_seconds: float = 60.0
 
 
 def live_entries(filters: tuple[Filter, ...]) -> int:
@@ -201,12 +245,34 @@ class Subscription:
         return self.query_id is not None
 
 
+class QueryKind(Enum):
+    REQ = "req"
+    COUNT = "count"
+    NEGENTROPY = "negentropy"
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A query or count in flight: what it answers."""
+    """A read in flight (stored events, a count, a negentropy set): what it answers."""
 
     sub_id: str
-    is_count: bool
+    kind: QueryKind
+
+    @property
+    def is_count(self) -> bool:
+        return self.kind is QueryKind.COUNT
+
+
+@dataclass(slots=True, eq=False)
+class NegSession:
+    """NIP-77: one negentropy reconciliation. Its set loads first (`query_id`), then each
+    NEG-MSG is answered by `server`, one at a time."""
+
+    sub_id: str
+    query_id: int | None
+    server: NegentropyServer | None = None
+    items: int = 0
+    last_active: float = 0.0
 
 
 class Session:
@@ -217,6 +283,7 @@ class Session:
         policy: SessionPolicy,
         *,
         shared_entries: SharedBudget | None = None,
+        shared_neg_items: SharedBudget | None = None,
         event_rate: RateLimiter | None = None,
         ip: str = "",
         rate_exempt: bool = False,
@@ -228,9 +295,10 @@ class Session:
         self.queries: dict[int, Query] = {}
         # Live filter entries and held-back bytes of all open subscriptions.
         self.entries = 0
-        self.peak_entries = 0
         self.held_bytes = 0
         self._shared_entries = shared_entries or SharedBudget(1 << 62)
+        self._shared_neg_items = shared_neg_items or SharedBudget(1 << 62)
+        self.negentropy: dict[str, NegSession] = {}
         self._event_rate = event_rate
         self._ip = ip
         self._rate_exempt = rate_exempt
@@ -255,12 +323,17 @@ class Session:
         if isinstance(frame, bytes):
             return [_send(messages.notice(BINARY_FRAME))]
         try:
-            message = read_frame(frame, self.limits)
+            message = read_frame(frame, self.limits, negentropy=self.policy.negentropy_enabled)
             return self._dispatch(message)
+        except NegRefused as error:
+            ended = self._end_negentropy(error.sub_id, None) if error.sub_id else []
+            return ended + self._refuse(error)
         except MessageError as error:
             return self._refuse(error)
 
-    def _dispatch(self, message: ClientMessage) -> list[Action]:
+    def _dispatch(self, message: ClientMessage | NegMessage) -> list[Action]:
+        if isinstance(message, (NegOpenMessage, NegMsgMessage, NegCloseMessage)):
+            return self._negentropy(message)
         if isinstance(message, EventMessage):
             return self._event(message.event)
         if isinstance(message, ReqMessage):
@@ -350,11 +423,10 @@ class Session:
         sub = Subscription(sub_id, messages.encode_sub_id(sub_id), filters, entries)
         self.subscriptions[sub_id] = sub
         self.entries += entries
-        self.peak_entries = max(self.peak_entries, self.entries)
         # Live first, held back until EOSE: nothing committed meanwhile falls in a gap.
         if not needs_query:
             return [Watch(sub_id, filters), _send(messages.eose(sub_id))]
-        sub.query_id = self._new_query(sub_id, is_count=False)
+        sub.query_id = self._new_query(sub_id, QueryKind.REQ)
         return [Watch(sub_id, filters), StartQuery(sub.query_id, filters)]
 
     def _check_request(self, req: ReqMessage | CountMessage) -> None:
@@ -403,12 +475,12 @@ class Session:
             return [_send(messages.closed(request.sub_id, COUNT_DISABLED))]
         self._check_request(request)
         self._check_queries(request.sub_id)
-        query_id = self._new_query(request.sub_id, is_count=True)
+        query_id = self._new_query(request.sub_id, QueryKind.COUNT)
         return [StartCount(query_id, request.filters, frozenset(self.auth.pubkeys))]
 
-    def _new_query(self, sub_id: str, *, is_count: bool) -> int:
+    def _new_query(self, sub_id: str, kind: QueryKind) -> int:
         self._next_query_id += 1
-        self.queries[self._next_query_id] = Query(sub_id, is_count)
+        self.queries[self._next_query_id] = Query(sub_id, kind)
         return self._next_query_id
 
     def _end_subscription(self, sub_id: str) -> list[Action]:
@@ -433,7 +505,7 @@ class Session:
     def _live_query(self, query_id: int) -> Subscription | None:
         """The subscription a REQ query still answers (None: cancelled, replaced, closed)."""
         query = self.queries.get(query_id)
-        if query is None or query.is_count:
+        if query is None or query.kind is not QueryKind.REQ:
             return None
         sub = self.subscriptions.get(query.sub_id)
         return sub if sub is not None and sub.query_id == query_id else None
@@ -483,6 +555,8 @@ class Session:
         query = self.queries.pop(query_id, None)
         if query is None:
             return []
+        if query.kind is QueryKind.NEGENTROPY:
+            return self._end_negentropy(query.sub_id, QUERY_FAILED)
         if query.is_count:
             reason = COUNT_TIMEOUT if failure is QueryFailure.TIMEOUT else COUNT_FAILED
             return [_send(messages.closed(query.sub_id, reason))]
@@ -530,9 +604,134 @@ class Session:
         self.held_bytes -= sum(len(e.raw) for e in held)
         return held
 
+    # --- NIP-77 negentropy ------------------------------------------------------------
+
+    def _negentropy(
+        self, message: NegOpenMessage | NegMsgMessage | NegCloseMessage
+    ) -> list[Action]:
+        sub_id = message.sub_id
+        if isinstance(message, NegCloseMessage):
+            self._end_negentropy(sub_id, None)
+            return []
+        if isinstance(message, NegMsgMessage):
+            return self._neg_message(message)
+        # A NEG-OPEN on an open id replaces that session.
+        ended = self._end_negentropy(sub_id, None)
+        try:
+            return ended + self._neg_open(message)
+        except NegRefused as error:
+            return ended + self._refuse(error)
+
+    def _neg_open(self, message: NegOpenMessage) -> list[Action]:
+        sub_id = message.sub_id
+        limits = self.limits
+        if len(sub_id) > limits.max_subid_length:
+            raise NegRefused(
+                f"subscription id is longer than {limits.max_subid_length}", sub_id=sub_id
+            )
+        if len(self.negentropy) >= limits.max_neg_sessions:
+            raise NegRefused(
+                f"at most {limits.max_neg_sessions} negentropy sessions at once",
+                prefix=RateLimited.prefix,
+                sub_id=sub_id,
+            )
+        too_many = _filter_with_too_many_values((message.filter,), limits.max_filter_values)
+        if too_many is not None:
+            raise NegRefused(
+                f"{too_many} holds more than {limits.max_filter_values} values", sub_id=sub_id
+            )
+        try:
+            if message.filter.search is not None:
+                raise Unsupported("search filters cannot be reconciled")
+            auth.check_read((message.filter,), self.auth, self.policy.auth)
+        except ClientError as error:
+            raise NegRefused.wrap(error, sub_id=sub_id) from None
+        if len(self.queries) >= limits.max_queries_in_flight:
+            raise NegRefused(
+                f"at most {limits.max_queries_in_flight} queries at once",
+                prefix=RateLimited.prefix,
+                sub_id=sub_id,
+            )
+        query_id = self._new_query(sub_id, QueryKind.NEGENTROPY)
+        self.negentropy[sub_id] = NegSession(sub_id, query_id, last_active=self._now)
+        readers = frozenset(self.auth.pubkeys)
+        return [OpenNegentropy(query_id, message.filter, readers, message.message)]
+
+    def _neg_message(self, message: NegMsgMessage) -> list[Action]:
+        neg = self.negentropy.get(message.sub_id)
+        if neg is None:
+            return [_send(messages.neg_err(message.sub_id, NEG_UNKNOWN))]
+        if neg.server is None or neg.query_id is not None:
+            return self._end_negentropy(message.sub_id, NEG_PENDING)
+        neg.last_active = self._now
+        neg.query_id = self._new_query(neg.sub_id, QueryKind.NEGENTROPY)
+        return [Reconcile(neg.query_id, neg.server, message.message)]
+
+    def _neg_for(self, query_id: int) -> NegSession | None:
+        query = self.queries.pop(query_id, None)
+        if query is None or query.kind is not QueryKind.NEGENTROPY:
+            return None
+        neg = self.negentropy.get(query.sub_id)
+        if neg is None or neg.query_id != query_id:
+            return None
+        neg.query_id = None
+        return neg
+
+    def neg_opened(
+        self, query_id: int, server: NegentropyServer, items: int, reply: bytes
+    ) -> list[Action]:
+        """The set is loaded and the first message answered; `items` is the set's size."""
+        neg = self._neg_for(query_id)
+        if neg is None:
+            return []
+        if not self._shared_neg_items.take(items):
+            return self._end_negentropy(neg.sub_id, NEG_BUSY)
+        neg.server, neg.items = server, items
+        return [_send(messages.neg_msg(neg.sub_id, reply))]
+
+    def neg_answered(self, query_id: int, reply: bytes) -> list[Action]:
+        neg = self._neg_for(query_id)
+        if neg is None:
+            return []
+        return [_send(messages.neg_msg(neg.sub_id, reply))]
+
+    def neg_refused(self, query_id: int, reason: str) -> list[Action]:
+        """The set could not be loaded or a message not answered (`prefix: text`)."""
+        neg = self._neg_for(query_id)
+        if neg is None:
+            return []
+        return self._end_negentropy(neg.sub_id, reason)
+
+    def tick(self, now: float) -> list[Action]:
+        """Close negentropy sessions idle longer than the policy allows."""
+        idle = [
+            neg.sub_id
+            for neg in self.negentropy.values()
+            if neg.query_id is None and now - neg.last_active > self.policy.neg_idle_seconds
+        ]
+        actions: list[Action] = []
+        for sub_id in idle:
+            actions += self._end_negentropy(sub_id, NEG_IDLE)
+        return actions
+
+    def _end_negentropy(self, sub_id: str, reason: str | None) -> list[Action]:
+        """End a negentropy session; with a reason the client is told with NEG-ERR."""
+        neg = self.negentropy.pop(sub_id, None)
+        actions: list[Action] = []
+        if neg is not None:
+            self._shared_neg_items.give(neg.items)
+            if neg.query_id is not None:
+                self.queries.pop(neg.query_id, None)
+                actions.append(CancelQuery(neg.query_id))
+        if reason is not None:
+            actions.append(_send(messages.neg_err(sub_id, reason)))
+        return actions
+
     def end(self) -> list[Action]:
         """The connection is gone: every subscription and query ends."""
         actions: list[Action] = []
+        for sub_id in list(self.negentropy):
+            actions += self._end_negentropy(sub_id, None)
         for sub_id in list(self.subscriptions):
             actions += self._end_subscription(sub_id)
         for query_id in list(self.queries):
@@ -557,11 +756,13 @@ class Session:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def read_frame(frame: bytes | str, limits: Limits) -> ClientMessage:
+def read_frame(
+    frame: bytes | str, limits: Limits, *, negentropy: bool = False
+) -> ClientMessage | NegMessage:
     """Parse a frame within the size limit; raises MessageError with whom to answer."""
     if _size_in_bytes(frame, limits.max_message_length) > limits.max_message_length:
         raise MessageError(f"message is longer than {limits.max_message_length} bytes")
-    return parse_message(frame)
+    return parse_message(frame, negentropy=negentropy)
 
 
 def _send(frame: bytes) -> Send:

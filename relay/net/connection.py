@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from relay.core import messages
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.negentropy import NegentropyError, NegentropyServer
 from relay.core.session import (
     INTERNAL_ERROR,
     OVERFLOW,
@@ -28,7 +29,9 @@ from relay.core.session import (
     Authenticate,
     CancelQuery,
     Ingest,
+    OpenNegentropy,
     QueryFailure,
+    Reconcile,
     Send,
     Session,
     StartCount,
@@ -38,7 +41,7 @@ from relay.core.session import (
 )
 from relay.core.write_policy import Source
 from relay.net.outbox import Flusher, Outbox, OutboxMeter
-from relay.store.base import QueryTimeout
+from relay.store.base import QueryTimeout, TooManyItems
 
 log = logging.getLogger("relay.connection")
 
@@ -67,6 +70,12 @@ class RelayServices(Protocol):
     async def count(
         self, filters: tuple[Filter, ...], readers: frozenset[str], owner: object
     ) -> int: ...
+
+    async def negentropy_items(
+        self, filter: Filter, readers: frozenset[str], owner: object
+    ) -> list[tuple[int, bytes]]: ...
+
+    def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer: ...
 
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None: ...
 
@@ -172,6 +181,10 @@ class ClientConnection:
                 self._start(self._ingest(action.event))
             elif isinstance(action, Authenticate):
                 self._start(self._authenticate(action.event))
+            elif isinstance(action, OpenNegentropy):
+                self._queries[action.query_id] = asyncio.create_task(self._neg_open(action))
+            elif isinstance(action, Reconcile):
+                self._queries[action.query_id] = asyncio.create_task(self._reconcile(action))
 
     def _start(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` as a task the connection waits for before it ends (and at shutdown)."""
@@ -250,6 +263,51 @@ class ClientConnection:
         finally:
             self._queries.pop(action.query_id, None)
 
+    async def _neg_open(self, action: OpenNegentropy) -> None:
+        session = self.session
+        try:
+            items = await self.services.negentropy_items(action.filter, action.readers, self)
+            # Building the set's prefix sums and the first answer are CPU work: a thread
+            # lets the event loop go on between the GIL's switches.
+            server, reply = await asyncio.to_thread(
+                _open_and_answer, self.services, items, action.message
+            )
+        except TooManyItems as error:
+            self._do(session.neg_refused(action.query_id, f"blocked: {error}"))
+        except NegentropyError as error:
+            self._do(session.neg_refused(action.query_id, f"invalid: {error}"))
+        except QueryTimeout:
+            self._do(session.neg_refused(action.query_id, "blocked: the set took too long to read"))
+        except Exception:
+            log.exception("negentropy failed for %s", self.peer)
+            self._do(
+                session.neg_refused(action.query_id, "error: the relay failed on this NEG-OPEN")
+            )
+        else:
+            self._do(session.neg_opened(action.query_id, server, len(items), reply))
+        finally:
+            self._queries.pop(action.query_id, None)
+
+    async def _reconcile(self, action: Reconcile) -> None:
+        session = self.session
+        try:
+            reply = await asyncio.to_thread(action.server.answer, action.message)
+        except NegentropyError as error:
+            self._do(session.neg_refused(action.query_id, f"invalid: {error}"))
+        except Exception:
+            log.exception("negentropy failed for %s", self.peer)
+            self._do(
+                session.neg_refused(action.query_id, "error: the relay failed on this NEG-MSG")
+            )
+        else:
+            self._do(session.neg_answered(action.query_id, reply))
+        finally:
+            self._queries.pop(action.query_id, None)
+
+    def tick(self, now: float) -> None:
+        """Time passes: idle negentropy sessions end."""
+        self._do(self.session.tick(now))
+
     # --- a client that does not read ---------------------------------------------------
 
     def _on_overflow(self) -> None:
@@ -264,3 +322,10 @@ class ClientConnection:
             )
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(code=1008, reason="too many unread messages")
+
+
+def _open_and_answer(
+    services: RelayServices, items: list[tuple[int, bytes]], message: bytes
+) -> tuple[NegentropyServer, bytes]:
+    server = services.negentropy_server(items)
+    return server, server.answer(message)

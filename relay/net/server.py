@@ -14,6 +14,7 @@ from relay.core import auth, nip11, vanish
 from relay.core.errors import ClientError
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session, SessionPolicy, SharedBudget
@@ -23,7 +24,7 @@ from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetwo
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
 from relay.net.outbox import Flusher, OutboxMeter
-from relay.net.trim import MemoryTrimmer
+from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
@@ -37,9 +38,6 @@ TRANSPORT_SIZE_FACTOR = 2
 SHUTDOWN_FLUSH_SECONDS = 5.0
 # A connection that sent nothing for this long has had every frame it sent read.
 SHUTDOWN_QUIET_SECONDS = 0.1
-# A connection whose filters held this many live index entries at some point leaves
-# enough freed memory behind to be worth giving back to the OS (net/trim.py).
-HEAVY_CONNECTION_ENTRIES = 1000
 
 
 class RelayServer:
@@ -56,8 +54,12 @@ class RelayServer:
         self.flusher = Flusher()
         self.outbox_meter = OutboxMeter()
         self.live_entries = SharedBudget(settings.max_live_entries_total)
+        self.neg_items = SharedBudget(settings.max_neg_items_total)
+        self._ticker: asyncio.Task[None] | None = None
         self.rate_exempt = ExemptNetworks(settings.rate_limit_exempt)
         self.trimmer = MemoryTrimmer()
+        # A NEG-MSG reply in hex inside its frame stays under max_message_length.
+        self.neg_frame_limit = max(MIN_FRAME_SIZE_LIMIT, (settings.max_message_length - 256) // 2)
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
@@ -78,6 +80,7 @@ class RelayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        map_large_blocks()
         await self.store.open()
         try:
             await self.verifier.start()
@@ -95,6 +98,7 @@ class RelayServer:
                 count=settings.count_enabled,
                 search=settings.search_enabled,
                 vanish=settings.vanish_enabled,
+                negentropy=settings.negentropy_enabled,
             ),
         )
         try:
@@ -131,13 +135,18 @@ class RelayServer:
             search_enabled=settings.search_enabled,
             req_rate=settings.req_rate_per_connection,
             req_burst=settings.req_burst_per_connection,
+            negentropy_enabled=settings.negentropy_enabled,
+            neg_idle_seconds=settings.neg_idle_seconds,
         )
+        self._ticker = asyncio.create_task(self._tick())
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._server is not None:
             # Stop listening only: websockets' close() runs once, so connections close below.
             self._server.server.close()
@@ -177,6 +186,7 @@ class RelayServer:
         session = Session(
             self.session_policy,
             shared_entries=self.live_entries,
+            shared_neg_items=self.neg_items,
             event_rate=self.event_rate_per_ip,
             ip=ip,
             rate_exempt=ip in self.rate_exempt,
@@ -201,8 +211,7 @@ class RelayServer:
         finally:
             self.connections_per_ip.remove(ip)
             self.connections.discard(connection)
-            if session.peak_entries >= HEAVY_CONNECTION_ENTRIES:
-                self.trimmer.request()
+            self.trimmer.request()
             log.info(
                 "%s disconnected after %.1fs (code %s, %d events)",
                 peer,
@@ -257,6 +266,36 @@ class RelayServer:
                 page, size = [], 0
         if page:
             yield page
+
+    async def negentropy_items(
+        self, filter: Filter, readers: frozenset[str], owner: object
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: the (created_at, id) set of `filter` that `readers` may see. Private
+        kinds count only where a reader is a party: all, minus the private, plus the readable."""
+        now, cap = int(time.time()), self.settings.max_neg_items
+        items = await self.store.negentropy_items([filter], now, cap)
+        dm_kinds = self.auth.dm_kinds
+        if not auth.could_return_private([filter], dm_kinds):
+            return items
+        private = auth.private_parts([filter], dm_kinds)
+        hidden = set(await self.store.negentropy_items(private, now, cap))
+        if not hidden:
+            return items
+        readable = auth.readable_parts([filter], readers, dm_kinds)
+        shown = set(await self.store.negentropy_items(readable, now, cap)) if readable else set()
+        return [item for item in items if item not in hidden or item in shown]
+
+    def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer:
+        return NegentropyServer(Storage(items), self.neg_frame_limit)
+
+    async def _tick(self) -> None:
+        """Once a second: idle negentropy sessions end."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for connection in list(self.connections):
+                if connection.session.negentropy:
+                    connection.tick(now)
 
     async def verify(self, event: Event) -> bool:
         return await self.verifier.verify(event)

@@ -4,7 +4,7 @@ CPython frees the objects of a closed connection (its filters, the live index en
 pages of results), but glibc's malloc keeps the freed pages of its heap for reuse, so the
 relay's resident memory stays at its high-water mark. `malloc_trim(0)` returns every free
 page of the heap; it costs a few milliseconds on a large heap, so it runs at most once per
-interval, after a connection that held much has ended. Elsewhere than glibc it does nothing.
+interval, after connections end. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -20,16 +20,36 @@ log = logging.getLogger("relay.trim")
 TRIM_INTERVAL = 2.0
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
+# mallopt's M_MMAP_THRESHOLD, and the size from which blocks are mapped on their own.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 64 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    libc = _libc()
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
     return trim
+
+
+def map_large_blocks() -> bool:
+    """Blocks of 64 KiB and more (big events, pages of results) get a mapping of their own,
+    returned to the OS when freed. glibc's default threshold grows after such a block is
+    freed, and later ones then come from the heap, where they stay after the client goes."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class MemoryTrimmer:
