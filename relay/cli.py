@@ -20,7 +20,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 7447)")
-    parser.add_argument("--db", help="SQLite database file (default ./relay.sqlite)")
+    parser.add_argument(
+        "--db",
+        help="SQLite database file (default ./relay.sqlite), or a PostgreSQL URL "
+        "(postgresql://user@host/dbname)",
+    )
     parser.add_argument("--config", help="TOML configuration file")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
