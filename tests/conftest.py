@@ -150,9 +150,14 @@ class RelayProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def db_arg(self) -> str:
+        """The relay's --db."""
+        return str(self.db)
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            relay_command("--host", "127.0.0.1", "--port", str(self.port), "--db", str(self.db)),
+            relay_command("--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_arg),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
