@@ -207,3 +207,23 @@ async def test_two_relay_processes_share_one_database(url: str) -> None:
     finally:
         a.kill()
         b.kill()
+
+
+async def test_query_pages_are_slices_of_the_query(url: str) -> None:
+    keys = Keys()
+    events = [note(keys, f"note {n}", created_at=NOW - n) for n in range(7)]
+    store = PostgresStore(url, readers=1)
+    await store.open()
+    try:
+        await store.save_many(events, NOW)
+        size = len(events[0].raw)
+        pages = [
+            page
+            async for page in store.query_pages(
+                [Filter()], NOW, owner=object(), page_events=3, page_bytes=2 * size + 1
+            )
+        ]
+        assert [len(page) for page in pages] == [2, 2, 2, 1]  # bytes bind before the count
+        assert [raw for page in pages for raw in page] == [e.raw for e in events]
+    finally:
+        await store.close()
