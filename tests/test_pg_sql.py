@@ -150,3 +150,14 @@ def test_lock_keys_cover_authors_and_gift_wrap_recipients_sorted() -> None:
 def test_outcome_codes_map_to_save_outcomes() -> None:
     names = [o.name for o in pg_batch.outcomes_of([0, 1, 2, 3, 4])]
     assert names == ["STORED", "DUPLICATE", "STALE", "DELETED", "VANISHED"]
+
+
+def test_negentropy_items_are_each_filters_matches_once_ascending() -> None:
+    filters = [parse_filter({"kinds": [1], "limit": 2}), parse_filter({"authors": [A]})]
+    sql, params = pg_sql.negentropy_items(filters, NOW, cap=10)
+    assert sql.startswith("SELECT created_at, id FROM ((SELECT e.created_at, e.id FROM events e")
+    assert ") UNION (" in sql
+    assert sql.endswith("AS matched ORDER BY created_at, id LIMIT $6")
+    assert params == [NOW, 1, 2, NOW, bytes.fromhex(A), 11]
+    unbounded, _ = pg_sql.negentropy_items(filters[1:], NOW, cap=None)
+    assert "LIMIT" not in unbounded

@@ -203,6 +203,11 @@ async def observe(store: EventStore, queries: list[list[Filter]]) -> list[Any]:
         # Search results are ranked differently (bm25 / time): compare them as sets.
         seen.append(sorted(found) if any(f.search for f in query) else found)
         seen.append(await store.count(query, NOW))
+        # NIP-77 items: the same events as the query, as sorted (created_at, id) pairs.
+        items = await store.negentropy_items(query, NOW)
+        assert items == sorted(set(items))
+        assert {i.hex() for _, i in items} == {parse_event_id(raw) for raw in found}
+        seen.append(items)
     return seen
 
 

@@ -14,6 +14,14 @@ class QueryTimeout(Exception):
     """A query ran past the store's time limit and was interrupted."""
 
 
+class TooManyItems(Exception):
+    """More events match than the caller's cap (NIP-77: `blocked:`, the filter is too big)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"more than {cap} events match")
+        self.cap = cap
+
+
 class SaveOutcome(Enum):
     """What became of one event handed to `save_many`, and the OK it earns."""
 
@@ -50,6 +58,18 @@ class EventStore(Protocol):
         ...
 
     async def count(self, filters: Sequence[Filter], now: int) -> int: ...
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: (created_at, 32-byte id) of the live events matching any filter.
+
+        Ascending by (created_at, id), each event once, read from one snapshot. A filter's
+        `limit` is honoured as REQ honours it (its newest `limit` events, ties by id), since
+        NIP-77 leaves it open and strfry does the same; without one, every match. Raises
+        TooManyItems when more than `max_items` match.
+        """
+        ...
 
     async def purge_expired(self, now: int) -> int: ...
 

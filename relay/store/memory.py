@@ -8,7 +8,7 @@ from relay.core import vanish
 from relay.core.event import Event, newer
 from relay.core.filters import Filter
 from relay.store import rules
-from relay.store.base import SaveOutcome
+from relay.store.base import SaveOutcome, TooManyItems
 
 Address = tuple[int, str, str]
 
@@ -112,6 +112,14 @@ class MemoryStore:
     async def count(self, filters: Sequence[Filter], now: int) -> int:
         unlimited = [f.with_limit(None) for f in filters]
         return len({e.id for f in unlimited for e in self._matching(f, now)})
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        found = {e.id: e for f in filters for e in self._matching(f, now)}
+        if max_items is not None and len(found) > max_items:
+            raise TooManyItems(max_items)
+        return sorted((e.created_at, bytes.fromhex(e.id)) for e in found.values())
 
     async def purge_expired(self, now: int) -> int:
         expired = [e.id for e in self.events.values() if not is_live(e, now)]

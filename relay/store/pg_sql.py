@@ -131,6 +131,23 @@ def select_events(filters: Sequence[Filter], now: int) -> Query:
     return sql, params.values
 
 
+def negentropy_items(filters: Sequence[Filter], now: int, cap: int | None) -> Query:
+    """NIP-77: (created_at, id) of the live events matching any filter, ascending, each
+    once; a filter's `limit` keeps its newest events as a REQ would. One statement, so one
+    snapshot. With a `cap`, at most cap + 1 rows: one more than the cap says "too many".
+
+    The filters are those that can match (Filter.can_match), at least one.
+    """
+    if not filters:
+        raise ValueError("no filter to select by")
+    params = Params()
+    parts = " UNION ".join(f"({_select(f, now, params, 'e.created_at, e.id')})" for f in filters)
+    sql = f"SELECT created_at, id FROM ({parts}) AS matched ORDER BY created_at, id"
+    if cap is not None:
+        sql += f" LIMIT {params(cap + 1)}"
+    return sql, params.values
+
+
 def count_events(filters: Sequence[Filter], now: int) -> Query:
     """Distinct events matching any of the filters, limits ignored (at least one filter,
     each of which can match)."""

@@ -55,7 +55,7 @@ from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.store import pg_batch, pg_sql
-from relay.store.base import QueryTimeout, SaveOutcome
+from relay.store.base import QueryTimeout, SaveOutcome, TooManyItems
 
 log = logging.getLogger("relay.postgres")
 T = TypeVar("T")
@@ -225,6 +225,18 @@ class PostgresStore:
         statement, params = pg_sql.count_events(matchable, now)
         found: int = await self._read(lambda conn: conn.fetchval(statement, *params))
         return found
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return []
+        statement, params = pg_sql.negentropy_items(matchable, now, max_items)
+        rows = await self._read(lambda conn: conn.fetch(statement, *params))
+        if max_items is not None and len(rows) > max_items:
+            raise TooManyItems(max_items)
+        return [(row[0], row[1]) for row in rows]
 
     async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
         if self._writer is None:

@@ -22,7 +22,7 @@ from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.store import sql, sqlite_writes
-from relay.store.base import QueryTimeout, SaveOutcome
+from relay.store.base import QueryTimeout, SaveOutcome, TooManyItems
 from relay.store.sqlite_writes import SCHEMA_VERSION, load_schema
 from relay.store.write_process import WriteProcess
 
@@ -198,6 +198,39 @@ class SqliteStore:
             return 0
         statement, params = sql.count_events(matchable, now)
         return await self._read(lambda db: int(db.execute(statement, params).fetchone()[0]))
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return []
+        return await self._read(lambda db: _negentropy_items(db, matchable, now, max_items))
+
+
+def _negentropy_items(
+    db: sqlite3.Connection, filters: list[Filter], now: int, cap: int | None
+) -> list[tuple[int, bytes]]:
+    """Every filter's items from one read transaction: one snapshot for all of them."""
+    db.execute("BEGIN")
+    try:
+        expired = {event_id for (event_id,) in db.execute(sql.EXPIRED_IDS, [now])}
+        # Expired rows may fill the cap of a read that does not exclude them itself.
+        read_cap = None if cap is None else cap + 1 + len(expired)
+        items: list[tuple[int, bytes]] = []
+        for f in filters:
+            rows = db.execute(*sql.negentropy_items(f, now, read_cap)).fetchall()
+            if expired and f.limit is None:
+                rows = [row for row in rows if row[1] not in expired]
+            items.extend(rows)
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
+    if len(filters) > 1:
+        items = sorted(set(items))
+    if cap is not None and len(items) > cap:
+        raise TooManyItems(cap)
+    return items
 
 
 def _with_deadline(
