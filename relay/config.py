@@ -50,6 +50,7 @@ class Settings:
     # Signature checks in a child process instead of on threads that wait for the GIL.
     verify_process: bool = True
     # storage
+    # A SQLite file, or a postgresql:// URL (relay/store/postgres.py).
     db: str = "./relay.sqlite"
     readers: int = 2
     synchronous: str = "FULL"

@@ -1,4 +1,5 @@
-"""SqliteStore against MemoryStore, the oracle: same outcomes, same answers, same order.
+"""SqliteStore and PostgresStore against MemoryStore, the oracle: same outcomes, same
+answers, same order.
 
 The property test feeds both stores the same random sequence of signed events (few keys,
 few timestamps so that ties happen, replaceable and addressable kinds, NIP-09 deletions
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from coincurve import PrivateKey
@@ -26,8 +28,10 @@ from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 from relay.store.base import EventStore, SaveOutcome
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 from tests.nostr import Keys
+from tests.pg import empty_tables, schema_url
 
 # Fixed secrets: a failing example replays with the same ids, hence the same order.
 KEYS = [Keys(PrivateKey(bytes([n]) * 32)) for n in (1, 2, 3)]
@@ -207,36 +211,69 @@ async def observe(store: EventStore, queries: list[list[Filter]]) -> list[Any]:
     return seen
 
 
-async def run_both(scenario: Scenario, path: Path) -> None:
+async def compare(scenario: Scenario, store: EventStore) -> None:
     memory = MemoryStore()
+    for number, step in enumerate(scenario.steps):
+        if isinstance(step, Purge):
+            expected: Any = await memory.purge_expired(NOW)
+            got: Any = await store.purge_expired(NOW)
+        else:
+            expected = await memory.save_many(step, NOW)
+            got = await store.save_many(step, NOW)
+        assert got == expected, f"step {number}: {step}"
+        expected = await observe(memory, scenario.queries)
+        got = await observe(store, scenario.queries)
+        assert got == expected, f"after step {number}, queries {scenario.queries}"
+
+
+async def run_on_sqlite(scenario: Scenario, path: Path) -> None:
     sqlite = SqliteStore(path, synchronous="OFF")
-    await memory.open()
     await sqlite.open()
     try:
-        for number, step in enumerate(scenario.steps):
-            if isinstance(step, Purge):
-                expected: Any = await memory.purge_expired(NOW)
-                got: Any = await sqlite.purge_expired(NOW)
-            else:
-                expected = await memory.save_many(step, NOW)
-                got = await sqlite.save_many(step, NOW)
-            assert got == expected, f"step {number}: {step}"
-            expected = await observe(memory, scenario.queries)
-            got = await observe(sqlite, scenario.queries)
-            assert got == expected, f"after step {number}, queries {scenario.queries}"
+        await compare(scenario, sqlite)
     finally:
         await sqlite.close()
 
 
-@settings(
+PROPERTY_SETTINGS = settings(
     max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@PROPERTY_SETTINGS
 @given(scenarios())
 def test_sqlite_store_agrees_with_memory_store(scenario: Scenario) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run_both(scenario, Path(tmp) / "relay.sqlite"))
+        asyncio.run(run_on_sqlite(scenario, Path(tmp) / "relay.sqlite"))
+
+
+async def test_postgres_store_agrees_with_memory_store() -> None:
+    async with schema_url() as url:
+        # Hypothesis runs each example to its end: here on a loop of its own, in a
+        # thread, where one store serves every example (emptied in between).
+        await asyncio.to_thread(check_postgres_store, url)
+
+
+def check_postgres_store(url: str) -> None:
+    loop = asyncio.new_event_loop()
+    store = PostgresStore(url, readers=1, durable=False)
+    admin = loop.run_until_complete(asyncpg.connect(url))
+    try:
+        loop.run_until_complete(store.open())
+
+        @PROPERTY_SETTINGS
+        @given(scenarios())
+        def agrees(scenario: Scenario) -> None:
+            loop.run_until_complete(empty_tables(admin))
+            loop.run_until_complete(compare(scenario, store))
+
+        agrees()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.run_until_complete(admin.close())
+        loop.close()
 
 
 # Example-based rules, on both backends.
