@@ -66,3 +66,12 @@ END;
 CREATE TRIGGER IF NOT EXISTS events_fts_delete AFTER DELETE ON events BEGIN
     DELETE FROM events_fts WHERE rowid = old.seq;
 END;
+
+-- NIP-86 moderation state (relay/core/moderation.py): one row per entry of a list
+-- (banned_pubkeys, allowed_pubkeys, banned_events, allowed_kinds, blocked_ips, info).
+CREATE TABLE IF NOT EXISTS moderation (
+    list   TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (list, key)
+) WITHOUT ROWID;

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
+from relay.admin import KEY_ENV, AdminError, call, parse_param, read_secret
 from relay.app import is_postgres_url, run
 from relay.config import ConfigError, Settings, load
 from relay.core import canonical
@@ -56,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (default 7447)")
     _add_database_options(parser, None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{export,import,backup}")
+    commands = parser.add_subparsers(dest="command", metavar="{export,import,backup,admin}")
     export = commands.add_parser(
         "export", help="write the stored events to stdout, one JSON event per line"
     )
@@ -72,6 +75,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     copy.add_argument("path", help="the copy to write (must not exist)")
     for sub in (export, imports, copy):
         _add_database_options(sub, argparse.SUPPRESS)
+    admin = commands.add_parser(
+        "admin",
+        help="call the NIP-86 management API, e.g. `relay admin banpubkey HEX spam`",
+        description=f"The key signing the request comes from --key-file or {KEY_ENV}.",
+    )
+    admin.add_argument("method", help="a NIP-86 method, e.g. supportedmethods, banpubkey")
+    admin.add_argument("params", nargs="*", help="its parameters; digits are sent as numbers")
+    admin.add_argument("--url", help="the relay's URL (default: relay_url, or host:port)")
+    admin.add_argument("--key-file", help="a file holding the admin's secret key in hex")
     return parser.parse_args(argv)
 
 
@@ -107,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "admin":
+        return admin_command(args, settings)
     if args.command is not None:
         return run_command(args, settings)
     install_fast_loop()
@@ -140,6 +154,24 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, sqlite3.Error) as error:
         print(f"relay {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+def admin_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the result as JSON; exit 2 for a missing key, 1 for a refused call."""
+    try:
+        secret = read_secret(args.key_file, os.environ)
+    except (AdminError, OSError) as error:
+        print(f"relay admin: {error}", file=sys.stderr)
+        return 2
+    url = args.url or settings.public_url(settings.port)
+    params = [parse_param(text) for text in args.params]
+    try:
+        result = call(url, secret, args.method, params)
+    except AdminError as error:
+        print(f"relay admin: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def parse_filter_argument(text: str | None) -> Filter | None:

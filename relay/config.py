@@ -123,6 +123,8 @@ class Settings:
     plugin_timeout: float = 2.0
     # What an event gets when the plugin fails: "reject" (error:) or "accept".
     plugin_fallback: str = "reject"
+    # NIP-86 management API: the pubkeys whose NIP-98 signed requests may moderate.
+    admin_pubkeys: tuple[str, ...] = ()
     # nips: optional protocol features, each advertised in NIP-11 exactly when on.
     # The URL clients use for this relay (NIP-42, NIP-62); "" means ws://host:port/.
     relay_url: str = ""
@@ -316,7 +318,7 @@ def validate(settings: Settings) -> Settings:
 
 
 def _validate_abuse_settings(settings: Settings) -> None:
-    for name in ("pubkey_allowlist", "pubkey_denylist"):
+    for name in ("pubkey_allowlist", "pubkey_denylist", "admin_pubkeys"):
         for pubkey in getattr(settings, name):
             if not HEX64.fullmatch(pubkey):
                 raise ConfigError(f"{name}: {pubkey!r} is not 64 lowercase hex characters")

@@ -30,13 +30,16 @@ async def http_request(
     path: str = "/",
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    body: bytes = b"",
 ) -> HttpResponse:
     """Send one request with `Connection: close` and read the response up to EOF."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body)
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout)
     finally:

@@ -6,14 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence, Set
+from dataclasses import replace
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request
 
 from relay.config import Settings
-from relay.core import auth, nip11, vanish
-from relay.core.errors import ClientError
+from relay.core import auth, canonical, nip11, vanish
+from relay.core.errors import Blocked, ClientError
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.moderation import Change, ModerationState
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
@@ -23,11 +27,13 @@ from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
+from relay.net.nip86 import BodyReadingConnection, Nip86, blocked_ip_response, is_rpc
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
+from relay.store.moderation import ModerationStore, default_moderation_store
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -41,9 +47,18 @@ SHUTDOWN_QUIET_SECONDS = 0.1
 
 
 class RelayServer:
-    def __init__(self, settings: Settings, store: EventStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: EventStore,
+        moderation_store: ModerationStore | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.moderation_store = moderation_store or default_moderation_store(store)
+        # NIP-86: loaded at start, changed live by the management API.
+        self.moderation = ModerationState()
+        self._http: HttpResponder | None = None
         self.writer = Writer(store, purge_interval=settings.purge_interval)
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
@@ -88,29 +103,38 @@ class RelayServer:
             await self.store.close()
             raise
         self.writer.start()
-        settings = self.settings
-        info = nip11.information_document(
-            settings.info,
-            settings.limits,
-            self.auth,
-            nip11.optional_nips(
-                self.auth,
-                count=settings.count_enabled,
-                search=settings.search_enabled,
-                vanish=settings.vanish_enabled,
-                negentropy=settings.negentropy_enabled,
-            ),
+        self._http = HttpResponder(self._info_document(), lambda: self.accepting)
+        admission = AdmissionControl(
+            self.connections_per_ip, self.settings.trusted_proxy_header, self._http
         )
         try:
+            self.moderation = await self.moderation_store.load()
+            nip86 = Nip86(
+                self.moderation,
+                self.moderation_store,
+                self.settings.admin_pubkeys,
+                self._admin_urls,
+                self._moderation_changed,
+            )
+            self._http.info_body = canonical.dumps(self._info_document())
+
+            def process_request(ws: ServerConnection, request: Request) -> Any:
+                headers, trusted = request.headers, self.settings.trusted_proxy_header
+                ip = client_ip(headers, ws.remote_address, trusted)
+                # The management API stays open to a blocked address: an admin must not
+                # lock themself out. It admits by NIP-98 signature, not by address.
+                if is_rpc(request):
+                    return nip86(ws, request)
+                if self.moderation.ip_blocked(ip):
+                    return blocked_ip_response()
+                return admission(ws, request)
+
             self._server = await serve(
                 self._handle,
                 self.settings.host,
                 self.settings.port,
-                process_request=AdmissionControl(
-                    self.connections_per_ip,
-                    self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
-                ),
+                process_request=process_request,
+                create_connection=BodyReadingConnection,
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
                 close_timeout=self.settings.close_timeout,
@@ -127,6 +151,7 @@ class RelayServer:
             await self.verifier.close()
             await self.store.close()
             raise
+        settings = self.settings
         self.auth = settings.auth_policy(self.port)
         self.session_policy = SessionPolicy(
             limits=settings.limits,
@@ -229,6 +254,9 @@ class RelayServer:
             check_write(self.write_checks, event, now)
             vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
             self.write_policy.check_unverified(event)
+            self.moderation.check(event)
+            if source is not None and self.moderation.ip_blocked(source.ip):
+                raise Blocked("your address is blocked on this relay")
         except ClientError as error:
             return False, error.reason
         if not await self.verifier.verify(event):
@@ -326,6 +354,34 @@ class RelayServer:
         allowed = await self.store.count(readable, now) if readable else 0
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
+
+    def _info_document(self) -> dict[str, object]:
+        settings = self.settings
+        return nip11.information_document(
+            replace(settings.info, **self.moderation.info),
+            settings.limits,
+            self.auth,
+            nip11.optional_nips(
+                self.auth,
+                count=settings.count_enabled,
+                search=settings.search_enabled,
+                vanish=settings.vanish_enabled,
+                negentropy=settings.negentropy_enabled,
+            ),
+        )
+
+    def _admin_urls(self) -> list[str]:
+        """The URLs a NIP-98 `u` tag may name: the relay's, as ws(s):// and http(s)://."""
+        url = self.settings.public_url(self.port)
+        return [url, "http" + url.removeprefix("ws")]
+
+    def _moderation_changed(self, change: Change) -> None:
+        if change.table == "info" and self._http is not None:
+            self._http.info_body = canonical.dumps(self._info_document())
+        if change.table == "blocked_ips" and change.added:
+            for connection in list(self.connections):
+                if connection.ip == change.key:
+                    connection.ws.transport.abort()
 
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds

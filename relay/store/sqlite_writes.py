@@ -17,7 +17,8 @@ from relay.store import rules
 from relay.store.base import SaveOutcome
 
 # 2: events_fts (NIP-50 search), filled from the events when its triggers are created.
-SCHEMA_VERSION = 2
+# 3: moderation (NIP-86), created by schema.sql on an older database as on a new one.
+SCHEMA_VERSION = 3
 PAGE_SIZE = 2048
 
 
