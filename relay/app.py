@@ -45,6 +45,7 @@ def build_store(settings: Settings) -> EventStore:
         query_timeout=settings.query_timeout,
         search=settings.search_enabled,
         write_process=settings.write_process,
+        retention=settings.retention,
     )
 
 

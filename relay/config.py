@@ -15,6 +15,7 @@ from relay.core.auth import AuthPolicy
 from relay.core.event import HEX64, MAX_KIND
 from relay.core.limits import Limits
 from relay.core.nip11 import RelayInfo
+from relay.core.retention import Retention, parse_max_ages
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
@@ -22,7 +23,9 @@ SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nip
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # List-valued settings holding kinds; the other lists hold strings.
-KIND_LISTS = frozenset({"auth_required_kinds", "kind_allowlist", "kind_denylist"})
+KIND_LISTS = frozenset(
+    {"auth_required_kinds", "kind_allowlist", "kind_denylist", "retention_keep_kinds"}
+)
 
 
 DEFAULT_LIMITS = Limits()
@@ -57,6 +60,15 @@ class Settings:
     # SQLite writes in a child process, so commits do not wait on the event loop's GIL.
     write_process: bool = True
     purge_interval: int = 60
+    # Retention (SQLite): "kind:seconds" entries, "*:seconds" for every other kind; an
+    # event older than its kind's age is pruned, and refused when published.
+    retention_max_age: tuple[str, ...] = ()
+    # Kinds never pruned, by age or by budget.
+    retention_keep_kinds: tuple[int, ...] = (0, 3, 10002)
+    # Bytes of database pages in use past which the oldest prunable events go (0: none).
+    storage_budget_bytes: int = 0
+    # Events pruned per writer turn: ingest waits at most one batch.
+    retention_batch: int = 500
     # info (NIP-11)
     name: str = "pyrelay"
     description: str = "A Nostr relay"
@@ -162,6 +174,17 @@ class Settings:
         names = {f.name for f in fields(Limits)} - {"restricted_writes"}
         restricted = bool(self.pubkey_allowlist or self.kind_allowlist)
         return Limits(**{name: getattr(self, name) for name in names}, restricted_writes=restricted)
+
+    @property
+    def retention(self) -> Retention:
+        ages, default = parse_max_ages(self.retention_max_age)
+        return Retention(
+            ages,
+            default,
+            frozenset(self.retention_keep_kinds),
+            self.storage_budget_bytes,
+            self.retention_batch,
+        )
 
     @property
     def info(self) -> RelayInfo:
@@ -292,6 +315,7 @@ AT_LEAST_ONE = (
     "max_result_bytes_in_flight",
     "query_page_events",
     "query_page_bytes",
+    "retention_batch",
 )
 
 
@@ -337,6 +361,12 @@ def _validate_abuse_settings(settings: Settings) -> None:
     for name in FIELD_TYPES:
         if FIELD_TYPES[name] is float and getattr(settings, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    try:
+        parse_max_ages(settings.retention_max_age)
+    except ValueError as error:
+        raise ConfigError(f"retention_max_age: {error}") from None
+    if settings.storage_budget_bytes < 0:
+        raise ConfigError("storage_budget_bytes must not be negative")
     if settings.plugin_timeout <= 0 or settings.query_timeout <= 0:
         raise ConfigError("plugin_timeout and query_timeout must be more than 0")
 

@@ -59,7 +59,12 @@ class RelayServer:
         # NIP-86: loaded at start, changed live by the management API.
         self.moderation = ModerationState()
         self._http: HttpResponder | None = None
-        self.writer = Writer(store, purge_interval=settings.purge_interval)
+        self.retention = settings.retention
+        self.writer = Writer(
+            store,
+            purge_interval=settings.purge_interval,
+            prune_batch=self.retention.batch if self.retention.enabled else 0,
+        )
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
             settings.limits.created_at_lower_limit
@@ -255,6 +260,8 @@ class RelayServer:
             vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
             self.write_policy.check_unverified(event)
             self.moderation.check(event)
+            if self.retention.too_old(event, now):
+                raise Blocked(f"kind {event.kind} is kept here for less time than this event's age")
             if source is not None and self.moderation.ip_blocked(source.ip):
                 raise Blocked("your address is blocked on this relay")
         except ClientError as error:

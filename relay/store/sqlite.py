@@ -21,6 +21,7 @@ from relay.child import ChildStartError
 from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.retention import Retention
 from relay.store import sql, sqlite_writes
 from relay.store.base import QueryTimeout, SaveOutcome, TooManyItems
 from relay.store.sqlite_writes import SCHEMA_VERSION, load_schema
@@ -36,6 +37,7 @@ PROGRESS_STEPS = 1000
 # at its compile-time maximum (2 GiB by default); pages past it are read as before.
 READER_MMAP_BYTES = 1 << 40
 T = TypeVar("T")
+NO_RETENTION = Retention()
 
 
 async def run_on_connection(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -80,10 +82,13 @@ class Writes(Protocol):
 class ThreadWrites:
     """The writer connection on aiosqlite's thread, in the relay's own process."""
 
-    def __init__(self, path: str, synchronous: str, search: bool) -> None:
+    def __init__(
+        self, path: str, synchronous: str, search: bool, retention: Retention = NO_RETENTION
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.search = search
+        self.retention = retention
         self.connection: aiosqlite.Connection | None = None
 
     async def start(self) -> None:
@@ -99,8 +104,9 @@ class ThreadWrites:
         )
 
     async def purge_expired(self, now: int) -> int:
+        retention = self.retention
         return await run_on_connection(
-            self._open(), lambda db: sqlite_writes.purge_expired(db, now)
+            self._open(), lambda db: sqlite_writes.purge(db, now, retention)
         )
 
     async def close(self) -> None:
@@ -124,6 +130,7 @@ class SqliteStore:
         search: bool = True,
         query_timeout: float | None = None,
         write_process: bool = False,
+        retention: Retention = NO_RETENTION,
     ) -> None:
         self.path = os.path.abspath(path)
         self.search = search
@@ -132,9 +139,9 @@ class SqliteStore:
         self.reader_count = readers
         self.synchronous = synchronous
         self.writes: Writes = (
-            WriteProcess(self.path, synchronous, search)
+            WriteProcess(self.path, synchronous, search, retention)
             if write_process
-            else ThreadWrites(self.path, synchronous, search)
+            else ThreadWrites(self.path, synchronous, search, retention)
         )
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []

@@ -13,6 +13,7 @@ from importlib import resources
 
 from relay.core import vanish
 from relay.core.event import HEX64, Event, event_from_raw, newer
+from relay.core.retention import Retention
 from relay.store import rules
 from relay.store.base import SaveOutcome
 
@@ -227,3 +228,75 @@ def purge_expired(db: sqlite3.Connection, now: int) -> int:
         db.execute("ROLLBACK")
         raise
     return len(seqs)
+
+
+def purge(db: sqlite3.Connection, now: int, retention: Retention) -> int:
+    """The writer's periodic turn: expired events (NIP-40), then one retention batch."""
+    return purge_expired(db, now) + prune(db, now, retention)
+
+
+def prune(db: sqlite3.Connection, now: int, retention: Retention) -> int:
+    """Delete at most one batch of events past their kind's age or over the budget.
+
+    One short transaction, so the writer commits the events queued meanwhile before the
+    next batch; the caller calls again while a whole batch went. FTS rows follow the
+    delete through their trigger; NIP-09 and NIP-62 tombstones live in their own tables
+    and are kept, so a pruned deletion request still keeps its targets out.
+    """
+    if not retention.enabled:
+        return 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        seqs = _aged_out(db, now, retention)
+        room = retention.batch - len(seqs)
+        if room > 0 and retention.budget_bytes and _used_bytes(db) > retention.budget_bytes:
+            seqs |= _oldest(db, retention, room + len(seqs))
+        ordered = sorted(seqs)[: retention.batch]
+        for start in range(0, len(ordered), 500):
+            _delete_seqs(db, ordered[start : start + 500])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(ordered)
+
+
+def _aged_out(db: sqlite3.Connection, now: int, retention: Retention) -> set[int]:
+    seqs: set[int] = set()
+    for kind, age in retention.kind_ages:
+        if kind in retention.keep_kinds:
+            continue
+        left = retention.batch - len(seqs)
+        rows = db.execute(
+            "SELECT seq FROM events WHERE kind = ? AND created_at < ? LIMIT ?",
+            (kind, now - age, left),
+        )
+        seqs.update(seq for (seq,) in rows)
+    left = retention.batch - len(seqs)
+    if retention.default_age and left > 0:
+        excluded = sorted(retention.ruled_kinds())
+        marks = ",".join("?" * len(excluded)) or "NULL"
+        rows = db.execute(
+            f"SELECT seq FROM events WHERE created_at < ? AND kind NOT IN ({marks}) LIMIT ?",
+            (now - retention.default_age, *excluded, left),
+        )
+        seqs.update(seq for (seq,) in rows)
+    return seqs
+
+
+def _oldest(db: sqlite3.Connection, retention: Retention, count: int) -> set[int]:
+    kept = sorted(retention.keep_kinds)
+    marks = ",".join("?" * len(kept)) or "NULL"
+    rows = db.execute(
+        f"SELECT seq FROM events WHERE kind NOT IN ({marks}) ORDER BY created_at, id LIMIT ?",
+        (*kept, count),
+    )
+    return {seq for (seq,) in rows}
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    """Bytes of the main database's pages in use: freed pages are reused, not counted."""
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)

@@ -5,7 +5,7 @@ event loop holds it about half the time under load: commits then wait on the Web
 layer. Messages after the length prefix:
 
     parent -> child   b"S" (length:uint32 raw)*    save these events in order, in one commit
-                      b"P" now:int64               purge expired events
+                      b"P" now:int64               purge expired events, prune a batch
     child -> parent   b"O" outcome:uint8*          committed; SaveOutcome by index
                       b"N" purged:int64            purge done
                       b"E" message                 failed; nothing was committed
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from relay.child import LENGTH, ChildProcess, ChildRequestError, Handler, serve
 from relay.core.event import Event, event_from_raw
+from relay.core.retention import Retention
 from relay.store import sqlite_writes
 from relay.store.base import SaveOutcome
 from relay.store.checkpoint import Checkpointer
@@ -34,8 +35,11 @@ WriteProcessError = ChildRequestError
 class WriteProcess:
     """The store's writes, sent to the child as the Writer hands over its batches."""
 
-    def __init__(self, path: str, synchronous: str, search: bool) -> None:
-        self.child = ChildProcess(__name__, path, synchronous, "1" if search else "0")
+    def __init__(
+        self, path: str, synchronous: str, search: bool, retention: Retention | None = None
+    ) -> None:
+        rules = (retention or Retention()).encode()
+        self.child = ChildProcess(__name__, path, synchronous, "1" if search else "0", rules)
 
     @property
     def pid(self) -> int | None:
@@ -79,9 +83,10 @@ def open_writer(
 
 def prepare(argv: Sequence[str]) -> tuple[Handler, Callable[[], None]]:
     db, checkpointer = open_writer(argv[0], argv[1], search=argv[2] == "1")
+    retention = Retention.decode(argv[3])
 
     def handle(message: bytes) -> bytes:
-        reply = _apply(db, message)
+        reply = _apply(db, message, retention)
         checkpointer.after_commit(db)
         return reply
 
@@ -92,13 +97,13 @@ def prepare(argv: Sequence[str]) -> tuple[Handler, Callable[[], None]]:
     return handle, cleanup
 
 
-def _apply(db: sqlite3.Connection, message: bytes) -> bytes:
+def _apply(db: sqlite3.Connection, message: bytes, retention: Retention) -> bytes:
     if message[:1] == b"S":
         outcomes = sqlite_writes.save_batch(db, _events(message, 1))
         return b"O" + bytes(OUTCOME_CODES[outcome] for outcome in outcomes)
     if message[:1] == b"P":
         (now,) = NOW.unpack_from(message, 1)
-        return b"N" + NOW.pack(sqlite_writes.purge_expired(db, now))
+        return b"N" + NOW.pack(sqlite_writes.purge(db, now, retention))
     raise ValueError(f"unknown request {message[:1]!r}")
 
 

@@ -35,6 +35,7 @@ class Writer:
         max_batch: int = 1000,
         max_in_flight: int = 2,
         purge_interval: float = 60.0,
+        prune_batch: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -43,6 +44,9 @@ class Writer:
         # next batch waiting as soon as it has committed one.
         self.max_in_flight = max_in_flight
         self.purge_interval = purge_interval
+        # A purge that removed this many events may have left more: the next one runs
+        # after the next batch of saves instead of a purge_interval later (0: never).
+        self.prune_batch = prune_batch
         self.clock = clock
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -135,4 +139,6 @@ class Writer:
             log.error("could not purge expired events: %s", exc)
             return
         if purged:
-            log.info("purged %d expired events", purged)
+            log.info("purged %d expired or pruned events", purged)
+        if self.prune_batch and purged >= self.prune_batch:
+            self._next_purge = now
