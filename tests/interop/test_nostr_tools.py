@@ -14,10 +14,12 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from coincurve import PrivateKey
 
 from relay.net.server import RelayServer
 from tests.conftest import fetch_by_ids, url_of
@@ -209,3 +211,43 @@ async def test_recipient_authenticates_and_reads_its_dm(run: Run) -> None:
     assert result["before"]["events"] == [], run.explain("auth_dm")
     assert result["auth"]["ok"] is True, run.explain("auth_dm")
     assert result["after"]["events"] == [result["event"]], run.explain("auth_dm")
+
+
+async def run_nip98(node: str, url: str, secret: str, method: str, params: list[Any]) -> Any:
+    """A NIP-86 call from nostr-tools' getToken (NIP-98) and fetch: {"status", "body"}."""
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(JS_DIR / "nip98.mjs"),
+        url,
+        secret,
+        method,
+        json.dumps(params),
+        cwd=JS_DIR,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), SCRIPT_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return json.loads(out)
+
+
+async def test_nip98_token_of_nostr_tools_is_accepted(
+    node: str, start_relay: Callable[..., Awaitable[RelayServer]]
+) -> None:
+    admin = PrivateKey()
+    relay = await start_relay(admin_pubkeys=(admin.public_key_xonly.format().hex(),))
+    url = f"http://127.0.0.1:{relay.port}/"
+    banned = PrivateKey().public_key_xonly.format().hex()
+    answer = await run_nip98(node, url, admin.secret.hex(), "banpubkey", [banned, "spam"])
+    assert answer == {"status": 200, "body": {"result": True}}
+    listed = await run_nip98(node, url, admin.secret.hex(), "listbannedpubkeys", [])
+    assert listed["body"]["result"] == [{"pubkey": banned, "reason": "spam"}]
+    # The same helper with a key that is not an admin's: 401.
+    stranger = await run_nip98(node, url, PrivateKey().secret.hex(), "supportedmethods", [])
+    assert stranger["status"] == 401
