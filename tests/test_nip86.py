@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from coincurve import PrivateKey
+from websockets.exceptions import ConnectionClosed
 
 from relay.admin import auth_header
 from relay.net.server import RelayServer
@@ -181,7 +182,11 @@ async def test_change_relay_info_shows_in_nip11_at_once(
 async def test_blockip_refuses_connections_and_unblockip_lets_them_in(
     managed: RelayServer, admin: PrivateKey
 ) -> None:
+    open_before = await Client.connect(url_of(managed))
     assert await rpc(managed, admin, "blockip", "127.0.0.1", "abuse") is True
+    # A connection open from the address is dropped at once.
+    with pytest.raises(ConnectionClosed):
+        await open_before.recv(timeout=5)
     assert await rpc(managed, admin, "listblockedips") == [{"ip": "127.0.0.1", "reason": "abuse"}]
     refused = await http_request(managed.port, "GET", "/", {"Accept": "application/nostr+json"})
     assert refused.status == 403

@@ -63,7 +63,7 @@ class ModerationState:
             raise Restricted(f"kind {event.kind} is not accepted here")
 
     def ip_blocked(self, ip: str) -> bool:
-        return ip in self.blocked_ips
+        return bool(self.blocked_ips) and normalize_ip(ip) in self.blocked_ips
 
     def restore(self, table: str, key: str, reason: str) -> None:
         """Load one persisted row (the store calls it at start)."""
@@ -82,6 +82,17 @@ class ModerationState:
 
 
 TABLES = ("banned_pubkeys", "allowed_pubkeys", "banned_events", "allowed_kinds", "blocked_ips")
+
+
+def normalize_ip(text: str) -> str:
+    """One spelling per address: an IPv4-mapped IPv6 address as its IPv4 form."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _param(params: list[Any], index: int, check: Callable[[Any], bool], what: str) -> Any:
@@ -159,7 +170,7 @@ def plan(state: ModerationState, method: Any, params: Any) -> tuple[Any, Change 
         table, check, what, added = _CHANGES[method]
         key = _param(params, 0, check, what)
         if table == "blocked_ips":
-            key = str(ipaddress.ip_address(key))
+            key = normalize_ip(key)
         reason = _reason(params) if added else ""
         change = Change(table, str(key), reason, added)
         if method == "banpubkey":

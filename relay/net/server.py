@@ -17,7 +17,7 @@ from relay.core import auth, canonical, nip11, vanish
 from relay.core.errors import Blocked, ClientError
 from relay.core.event import Event
 from relay.core.filters import Filter
-from relay.core.moderation import Change, ModerationState
+from relay.core.moderation import Change, ModerationState, normalize_ip
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
@@ -387,7 +387,7 @@ class RelayServer:
             self._http.info_body = canonical.dumps(self._info_document())
         if change.table == "blocked_ips" and change.added:
             for connection in list(self.connections):
-                if connection.ip == change.key:
+                if normalize_ip(connection.ip) == change.key:
                     connection.ws.transport.abort()
 
     def broadcast(self, event: Event) -> None:
