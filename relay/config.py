@@ -68,7 +68,7 @@ class Settings:
     # Bytes of database pages in use past which the oldest prunable events go (0: none).
     storage_budget_bytes: int = 0
     # Events pruned per writer turn: ingest waits at most one batch.
-    retention_batch: int = 500
+    retention_batch: int = 100
     # info (NIP-11)
     name: str = "pyrelay"
     description: str = "A Nostr relay"

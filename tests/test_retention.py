@@ -209,3 +209,22 @@ async def test_the_relay_refuses_an_event_already_past_its_age(
         assert (await client.publish(AUTHOR.sign(kind=0, created_at=NOW - 9 * HOUR)))[2] is True
     finally:
         await client.close()
+
+
+async def test_a_queued_event_is_saved_before_the_backlog_is_pruned(
+    open_store: Callable[..., Any],
+) -> None:
+    store = await open_store(Retention(kind_ages=((1, HOUR),), batch=3))
+    backlog = [event(age=2 * HOUR + i) for i in range(300)]
+    await store.save_many(backlog, NOW)
+    writer = Writer(store, purge_interval=HOUR, prune_batch=3)
+    fresh = event(age=1)
+    saving = asyncio.ensure_future(writer.save(fresh))
+    await asyncio.sleep(0)  # the event is queued before the writer's first turn
+    writer.start()
+    try:
+        assert await saving is SaveOutcome.STORED
+        # Saved after a batch or two of pruning, not after all hundred of them.
+        assert len(await stored(store)) > 200
+    finally:
+        await writer.close()

@@ -23,7 +23,7 @@ class Retention:
     # Bytes of database pages in use past which the oldest prunable events go (0: none).
     budget_bytes: int = 0
     # Events deleted in one transaction of the writer: ingest waits at most one batch.
-    batch: int = 500
+    batch: int = 100
 
     @property
     def enabled(self) -> bool:

@@ -90,7 +90,13 @@ class Writer:
                 await asyncio.wait(committing, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                first = await asyncio.wait_for(self._queue.get(), self._until_purge())
+                # Queued events go first: a purge that is due (pruning a backlog batch by
+                # batch keeps one due) then runs beside their commit, not instead of it.
+                first = (
+                    self._queue.get_nowait()
+                    if not self._queue.empty()
+                    else await asyncio.wait_for(self._queue.get(), self._until_purge())
+                )
             except TimeoutError:
                 # An idle relay purges too: expired events must not outlive their time.
                 await self._maybe_purge()
