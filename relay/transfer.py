@@ -142,6 +142,11 @@ def check_line(raw: bytes, rules: ImportRules, now: int) -> Event:
         obj = canonical.loads(raw)
     except canonical.JSONDecodeError:
         raise Invalid("not valid JSON") from None
+    return check_event(obj, rules, now)
+
+
+def check_event(obj: object, rules: ImportRules, now: int) -> Event:
+    """The event of one JSON object (a line, or one a peer relay sent) if it may be stored."""
     event = parse_event(obj)
     if event.is_ephemeral:
         raise Invalid("ephemeral events are not stored")
