@@ -20,12 +20,13 @@ from relay.config import ConfigError, Settings, load
 from relay.core import canonical
 from relay.core.errors import ClientError
 from relay.core.filters import Filter, parse_filter
+from relay.net.sync import DIRECTIONS, SyncError, SyncStats, sync
 from relay.store.sqlite import SqliteStore
-from relay.sync import DIRECTIONS, StoreLocal, SyncError, SyncStats, sync
 from relay.transfer import (
     ImportReport,
     ImportRules,
     Progress,
+    StoreLocal,
     backup,
     export_events,
     import_events,

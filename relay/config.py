@@ -18,7 +18,7 @@ from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips")
+SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips", "mirror")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # List-valued settings holding kinds; the other lists hold strings.
@@ -139,6 +139,10 @@ class Settings:
     # NIP-77 negentropy sync; a session idle this many seconds is closed.
     negentropy_enabled: bool = True
     neg_idle_seconds: float = 60.0
+    # mirror: relays (ws:// or wss:// URLs) whose events matching mirror_filter (one JSON
+    # filter) are followed live and caught up by NIP-77 on every (re)connect.
+    mirror_peers: tuple[str, ...] = ()
+    mirror_filter: str = "{}"
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence, Set
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.core import auth, nip11, vanish
 from relay.core.errors import ClientError
 from relay.core.event import Event
@@ -23,6 +24,7 @@ from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
+from relay.net.mirror import Mirror, ServerLocal, parse_mirror_filter
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureVerifier
@@ -72,6 +74,8 @@ class RelayServer:
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
         self._server: Server | None = None
+        self.mirror: Mirror | None = None
+        self.mirror_filter: dict[str, Any] = {}
 
     @property
     def port(self) -> int:
@@ -80,6 +84,10 @@ class RelayServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        try:
+            self.mirror_filter = parse_mirror_filter(self.settings.mirror_filter)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         map_large_blocks()
         await self.store.open()
         try:
@@ -140,11 +148,17 @@ class RelayServer:
         )
         self._ticker = asyncio.create_task(self._tick())
         self.accepting = True
+        if settings.mirror_peers:
+            local = ServerLocal(self.store, self.ingest)
+            self.mirror = Mirror(settings.mirror_peers, self.mirror_filter, local)
+            self.mirror.start()
         log.info("listening on %s:%d", self.settings.host, self.port)
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
+        if self.mirror is not None:
+            await self.mirror.close()
         if self._ticker is not None:
             self._ticker.cancel()
         if self._server is not None:

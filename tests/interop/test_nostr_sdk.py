@@ -302,7 +302,6 @@ async def test_client_sync_reconciles_with_the_relay_by_negentropy(
 
     assert dict(output.failed) == {}
     report = output.report
-    ids_of = lambda events: {e.id().to_hex() for e in events}  # noqa: E731
     down, up = direction in ("DOWN", "BOTH"), direction in ("UP", "BOTH")
     got = {i.to_hex() for i in report.received}
     assert got == (ids_of(only_relay) if down else set())
@@ -313,3 +312,7 @@ async def test_client_sync_reconciles_with_the_relay_by_negentropy(
         found = await bounded(database.event_by_id(event.id()), "event_by_id")
         assert (found is not None) is down
     await bounded(client.shutdown(), "shutdown")
+
+
+def ids_of(events: list[Any]) -> set[str]:
+    return {e.id().to_hex() for e in events}

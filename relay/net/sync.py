@@ -6,8 +6,8 @@ under the peer's advertised limits) and uploads what is missing there (EVENT, co
 the OK answers per reason prefix). A peer that does not speak NIP-77 (NOTICE, NEG-ERR or
 silence after NEG-OPEN) is walked instead: REQ pages newest first, `until` moving back,
 until nothing new comes. What arrives is checked like any event (`Local.store`): the
-command line verifies and commits through the store's `save_many`, the mirror through
-RelayServer.ingest. No process or database handling here: the caller supplies `Local`.
+command line verifies and commits through the store's `save_many` (relay/transfer.py's
+StoreLocal), the mirror through RelayServer.ingest (relay/net/mirror.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from relay.core import canonical
-from relay.core.errors import ClientError
-from relay.core.event import Event
 from relay.core.filters import Filter, parse_filter
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyClient, NegentropyError, Storage
-from relay.core.signature import verify_many
-from relay.store.base import EventStore, SaveOutcome
-from relay.transfer import ImportRules, check_event
 
 DIRECTIONS = ("down", "up", "both")
 # Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values).
@@ -510,45 +505,3 @@ async def _walk_sync(
         have = [event_id for _, event_id in items if event_id not in theirs]
         stats.have = len(have)
         await _upload(peer, local, have, progress)
-
-
-# -- the local side on an EventStore ---------------------------------------------------
-
-
-class StoreLocal:
-    """The command line's side: the store itself, with import's checks before save_many."""
-
-    def __init__(self, store: EventStore, rules: ImportRules) -> None:
-        self.events = store
-        self.rules = rules
-
-    async def items(self, f: Filter) -> list[tuple[int, bytes]]:
-        return await self.events.negentropy_items([f], int(time.time()))
-
-    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
-        if not ids:
-            return []
-        f = parse_filter({"ids": [i.hex() for i in ids], "limit": len(ids)})
-        return await self.events.query([f], int(time.time()))
-
-    async def store(self, objs: Sequence[Any]) -> list[str]:
-        now = int(time.time())
-        reasons: list[str] = [""] * len(objs)
-        checked: list[tuple[int, Event]] = []
-        for index, obj in enumerate(objs):
-            try:
-                checked.append((index, check_event(obj, self.rules, now)))
-            except ClientError as error:
-                reasons[index] = error.reason
-        valid = await asyncio.to_thread(verify_many, [event for _, event in checked])
-        good: list[tuple[int, Event]] = []
-        for (index, event), ok in zip(checked, valid, strict=True):
-            if ok:
-                good.append((index, event))
-            else:
-                reasons[index] = "invalid: bad signature"
-        if good:
-            outcomes = await self.events.save_many([e for _, e in good], now)
-            for (index, _), outcome in zip(good, outcomes, strict=True):
-                reasons[index] = "" if outcome is SaveOutcome.STORED else outcome.reason
-        return reasons
