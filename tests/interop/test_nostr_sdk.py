@@ -259,28 +259,26 @@ async def test_client_authenticates_by_itself_and_reads_its_dms(
         sdk.uniffi_set_event_loop(None)
 
 
-# DOWN and BOTH: the SDK reports 'timeout' for this relay after reconciling and sending its
-# REQ by ids (seen in the relay's debug log); not yet explained, so marked, strictly.
-_SDK_DOWN_TIMES_OUT = pytest.mark.xfail(
-    reason="nostr-sdk 0.45 sync down reports 'timeout' after its REQ by ids", strict=True
-)
-
-
-@pytest.mark.parametrize(
-    "direction",
-    [
-        pytest.param("DOWN", marks=_SDK_DOWN_TIMES_OUT),
-        "UP",
-        pytest.param("BOTH", marks=_SDK_DOWN_TIMES_OUT),
-    ],
-)
+@pytest.mark.parametrize("direction", ["DOWN", "UP", "BOTH"])
 async def test_client_sync_reconciles_with_the_relay_by_negentropy(
     relay_url: Any, relay: RelayServer, direction: str, tmp_path: Path
 ) -> None:
     """rust-nostr's NIP-77 `Client.sync`: what it lacks comes down, what we lack goes up."""
-    # The default client store only tracks ids; sync compares a real one.
+    # The default client store only tracks ids; sync compares a real one. The SDK calls a
+    # store given from Python back on this loop (else: 'timeout' once events come down).
+    sdk.uniffi_set_event_loop(asyncio.get_running_loop())
     database = await bounded(sdk.NostrLmdb.open(str(tmp_path / "lmdb")), "open lmdb")
     client = sdk.ClientBuilder().database(database).build()
+    try:
+        await _sync_both_sides(client, database, relay_url, relay, direction)
+    finally:
+        await bounded(client.shutdown(), "shutdown")
+        sdk.uniffi_set_event_loop(None)
+
+
+async def _sync_both_sides(
+    client: Any, database: Any, relay_url: Any, relay: RelayServer, direction: str
+) -> None:
     await bounded(client.add_relay(relay_url), "add_relay")
     await bounded(client.try_connect(timedelta(seconds=5)), "try_connect")
     keys = sdk.Keys.generate()
@@ -311,7 +309,6 @@ async def test_client_sync_reconciles_with_the_relay_by_negentropy(
     for event in only_relay:
         found = await bounded(database.event_by_id(event.id()), "event_by_id")
         assert (found is not None) is down
-    await bounded(client.shutdown(), "shutdown")
 
 
 def ids_of(events: list[Any]) -> set[str]:
