@@ -7,6 +7,9 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
+from relay.config import ConfigError
 from relay.net.server import RelayServer
 from tests.conftest import RelayFactory, free_port, url_of
 from tests.nostr import Client, Keys
@@ -86,3 +89,19 @@ async def test_three_relays_converge_without_loops_and_catch_up(
     await wait_served(back, missed["id"])
     for client in (watcher, publisher, direct):
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mirror_filter": "{"}, "not valid JSON"),
+        ({"mirror_filter": "[]"}, "one JSON filter object"),
+        ({"mirror_filter": '{"kinds":"x"}'}, "mirror_filter: "),
+        ({"mirror_peers": ("http://127.0.0.1:1",)}, "not a ws:// or wss:// URL"),
+    ],
+)
+async def test_bad_mirror_settings_stop_the_relay(
+    start_relay: RelayFactory, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        await start_relay(**overrides)

@@ -50,6 +50,13 @@ def parse_mirror_filter(text: str) -> dict[str, Any]:
     return obj
 
 
+def check_peers(peers: Sequence[str]) -> None:
+    """Each of `mirror_peers` is a WebSocket URL; raises ValueError."""
+    for url in peers:
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"mirror_peers: {url!r} is not a ws:// or wss:// URL")
+
+
 class ServerLocal:
     """The running relay as the local side of a sync: its store, and ingest for writes."""
 

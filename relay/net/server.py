@@ -24,7 +24,7 @@ from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
-from relay.net.mirror import Mirror, ServerLocal, parse_mirror_filter
+from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureVerifier
@@ -86,6 +86,7 @@ class RelayServer:
     async def start(self) -> None:
         try:
             self.mirror_filter = parse_mirror_filter(self.settings.mirror_filter)
+            check_peers(self.settings.mirror_peers)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         map_large_blocks()
