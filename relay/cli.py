@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     peer = commands.add_parser(
         "sync",
         help="reconcile with another relay (NIP-77) and copy what either side lacks",
-        description="Exit code 0 when everything needed was transferred both ways asked.",
+        description="Exit code 0 when every difference was settled: transferred, or refused"
+        " by a deletion or request to vanish (blocked:).",
     )
     peer.add_argument("url", help="the other relay, ws://... or wss://...")
     peer.add_argument("--filter", help="one NIP-01 filter as JSON (default: every event)")

@@ -152,3 +152,23 @@ async def test_a_peer_that_cannot_be_reached_fails(tmp_path: Path) -> None:
     assert "cannot connect" in err
     code, err = await run_sync(str(tmp_path / "x.sqlite"), "http://127.0.0.1:9")
     assert code == 2
+
+
+async def test_an_event_deleted_here_is_not_brought_back(
+    start_relay: RelayFactory, tmp_path: Path
+) -> None:
+    here = await start_relay(db=str(tmp_path / "here.sqlite"))
+    peer = await start_relay(db=str(tmp_path / "peer.sqlite"))
+    keys = Keys()
+    note = keys.sign(content="regretted")
+    await publish(peer, [note])
+    await publish(here, [note, keys.sign(kind=5, tags=[["e", note["id"]]], content="")])
+    assert await served(here, [note]) == set()
+
+    code, err = await run_sync(db_of(here), url_of(peer))
+
+    # Refused by the deletion, which is settled, not a failure; the deletion went up.
+    assert code == 0, err
+    assert "1 blocked" in err, err
+    assert await served(here, [note]) == set()
+    assert await served(peer, [note]) == set()

@@ -44,6 +44,8 @@ NEG_ANSWER_SECONDS = 5.0
 REPLY_SECONDS = 60.0
 PROGRESS_SECONDS = 1.0
 MAX_FRAME = 16 * 1024 * 1024
+# Outcomes that settle a difference (see SyncStats.complete).
+SETTLED = ("stored", "ok", "duplicate", "blocked")
 
 
 class SyncError(Exception):
@@ -81,9 +83,11 @@ class SyncStats:
 
     @property
     def complete(self) -> bool:
-        """Everything needed arrived and was kept; everything sent was accepted."""
-        stored_ok = self.stored["stored"] + self.stored["duplicate"]
-        sent_ok = self.uploaded["ok"] + self.uploaded["duplicate"]
+        """Every difference settled: fetched and stored, sent and accepted, or refused by a
+        store rule (`blocked:`, e.g. deleted by its author), which another run would not
+        change. Invalid, unserved, rate-limited or failed events leave it incomplete."""
+        stored_ok = sum(self.stored[key] for key in SETTLED)
+        sent_ok = sum(self.uploaded[key] for key in SETTLED)
         return self.missing == 0 and stored_ok == self.fetched and sent_ok == self.have
 
     def summary(self) -> str:
