@@ -57,12 +57,14 @@ async def test_challenges_differ_per_connection(relay: RelayServer) -> None:
     ("tags", "why"),
     [
         ([["relay", "ws://elsewhere.example.com/"]], "another relay"),
+        ([["relay", "ws://evil@127.0.0.1:{port}/?x#y"]], "another relay"),
         ([], "another relay"),
     ],
 )
 async def test_bad_auth_is_refused(relay: RelayServer, tags: list[list[str]], why: str) -> None:
     client = await connect(relay)
     await client.recv_any()
+    tags = [[name, value.format(port=relay.port)] for name, value in tags]
     event = ALICE.sign(22242, "", [*tags, ["challenge", client.challenge or ""]])
     await client.send(["AUTH", event])
     reply = await client.recv()

@@ -80,6 +80,24 @@ def normalize_relay_url(url: str) -> str:
     return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
+def names_relay(url: str, relay_url: str) -> bool:
+    """Whether `url` names the relay at `relay_url` (NIP-42 `relay` tag, NIP-62 request).
+
+    A URL with user info, a query or a fragment is refused even when its host, port and
+    path match: `ws://evil@host/?x#y` is not how anyone writes a relay's address, and
+    taking it would let a signed event be read as naming relays it does not name.
+    """
+    url = url.strip()
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    # `?` and `#` cannot appear unescaped in a path: either one starts a query or fragment.
+    if "@" in netloc or "?" in url or "#" in url:
+        return False
+    return normalize_relay_url(url) == normalize_relay_url(relay_url)
+
+
 def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> None:
     """Everything NIP-42 asks of an AUTH event except its signature; raises Invalid."""
     if event.kind != AUTH_KIND:
@@ -89,7 +107,7 @@ def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> 
     if event.tag_value("challenge") != challenge:
         raise Invalid("the AUTH event does not answer this connection's challenge")
     relay = event.tag_value("relay")
-    if relay is None or normalize_relay_url(relay) != normalize_relay_url(relay_url):
+    if relay is None or not names_relay(relay, relay_url):
         raise Invalid(f"the AUTH event is for another relay, this one is {relay_url}")
 
 
