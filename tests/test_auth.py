@@ -135,9 +135,12 @@ def test_protected_event_needs_its_author_authenticated() -> None:
     assert isinstance(refusal(protected, authed(ALICE), AuthPolicy(enabled=False)), Blocked)
 
 
-def test_a_dash_with_a_value_is_not_the_protected_tag() -> None:
-    assert not auth.is_protected(event(tags=[["-", "x"]]))
+def test_any_tag_named_dash_is_the_protected_tag() -> None:
     assert auth.is_protected(event(tags=[["p", BOB.pubkey], ["-"]]))
+    assert auth.is_protected(event(tags=[["-", ""]]))
+    assert auth.is_protected(event(tags=[["-", "x", "y"]]))
+    assert not auth.is_protected(event(tags=[["p", "-"], ["--"], ["t", "-"]]))
+    assert not auth.is_protected(event(tags=[]))
 
 
 # --- reads -------------------------------------------------------------------------------

@@ -282,10 +282,13 @@ async def test_protected_event_from_its_authenticated_author(relay: RelayServer)
     await reader.close()
 
 
-async def test_protected_events_refused_when_auth_is_off(start_relay: RelayFactory) -> None:
+@pytest.mark.parametrize("tag", [["-"], ["-", ""], ["-", "anything"]])
+async def test_protected_events_refused_when_auth_is_off(
+    start_relay: RelayFactory, tag: list[str]
+) -> None:
     relay = await start_relay(auth_enabled=False)
     client = await connect(relay)
-    reply = await client.publish(ALICE.sign(tags=[["-"]]))
+    reply = await client.publish(ALICE.sign(tags=[tag]))
     assert reply[2] is False
     assert reply[3].startswith("blocked: ")
     await client.close()

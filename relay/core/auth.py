@@ -112,8 +112,13 @@ def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> 
 
 
 def is_protected(event: Event) -> bool:
-    """NIP-70: a `["-"]` tag asks that only its author may publish the event."""
-    return any(tag == [PROTECTED_TAG] for tag in event.tags)
+    """NIP-70: a `"-"` tag asks that only its author may publish the event.
+
+    The NIP writes the tag `["-"]`, but names it by its first element ("when the `-` tag
+    is present"): `["-", ""]` is the same tag with an extra value, and reading it as
+    unprotected would let anyone republish what its author meant to keep here.
+    """
+    return any(tag[:1] == [PROTECTED_TAG] for tag in event.tags)
 
 
 def check_write(event: Event, state: AuthState, policy: AuthPolicy) -> None:
