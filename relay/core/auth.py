@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from relay.core.canonical import loads
 from relay.core.errors import AuthRequired, Blocked, Invalid, Restricted
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -25,6 +26,8 @@ AUTH_WINDOW = 600
 # addressed to its `p` tag). Public DM metadata such as kind 10050 is not private.
 DM_KINDS = frozenset({4, 13, 14, 15, 1059})
 PROTECTED_TAG = "-"
+# NIP-18 repost and generic repost: their content may carry the reposted event's JSON.
+REPOST_KINDS = frozenset({6, 16})
 DEFAULT_PORTS = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 
 
@@ -121,6 +124,25 @@ def is_protected(event: Event) -> bool:
     return any(tag[:1] == [PROTECTED_TAG] for tag in event.tags)
 
 
+def embeds_protected(event: Event) -> bool:
+    """NIP-70: a repost (kind 6 or 16) whose content is the JSON of a protected event.
+
+    NIP-18 reposts carry the reposted event's JSON; of a protected event they must
+    not (their content is then empty, the `e` tag still points to it). Only content that
+    opens a JSON object is parsed, so a plain repost costs a string test.
+    """
+    if event.kind not in REPOST_KINDS or not event.content.lstrip().startswith("{"):
+        return False
+    try:
+        embedded = loads(event.content)
+    except ValueError:
+        return False
+    tags = embedded.get("tags") if isinstance(embedded, dict) else None
+    return isinstance(tags, list) and any(
+        isinstance(tag, list) and tag[:1] == [PROTECTED_TAG] for tag in tags
+    )
+
+
 def check_write(event: Event, state: AuthState, policy: AuthPolicy) -> None:
     """Refuse an EVENT this connection may not publish (AuthRequired, Restricted, ...)."""
     if event.kind == AUTH_KIND:
@@ -131,6 +153,9 @@ def check_write(event: Event, state: AuthState, policy: AuthPolicy) -> None:
         if event.pubkey not in state.pubkeys:
             _require_auth(state, "a protected event is accepted only from its author")
             raise Restricted("a protected event is accepted only from its authenticated author")
+    if embeds_protected(event):
+        # NIP-70: relays SHOULD summarily reject these, whoever sends them.
+        raise Blocked("a repost may not embed a protected event (NIP-70)")
     if not policy.enabled:
         return
     if policy.required_for_writes:
