@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from relay.core.event import parse_event
 from relay.net.server import RelayServer
+from relay.store.base import SaveOutcome
 from relay.store.sqlite import SqliteStore, run_on_connection
+from relay.store.sqlite_writes import prepare_database, purge_expired, save_batch
 from tests.conftest import RelayFactory, RelayProcess, fetch_by_ids, url_of, wait_for
 from tests.nostr import Client, Keys
 
@@ -128,23 +131,43 @@ async def make_writable(relay: RelayServer) -> None:
 
 
 Fault = Callable[[RelayServer], Awaitable[None]]
-# Each fault and its repair.
-FAULTS: dict[str, tuple[Fault, Fault]] = {
-    "full disk": (fill_disk, free_disk),
-    "read-only database": (make_read_only, make_writable),
+# Each fault, its repair, and SQLite's own words for it, which the log must show.
+FAULTS: dict[str, tuple[Fault, Fault, str]] = {
+    "full disk": (fill_disk, free_disk, "database or disk is full"),
+    "read-only database": (make_read_only, make_writable, "attempt to write a readonly database"),
 }
+
+
+def test_a_full_disk_is_the_error_raised_not_the_rollback_after_it(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself on SQLITE_FULL: the ROLLBACK that follows
+    fails, and must not replace the error that says what is wrong."""
+    db = sqlite3.connect(tmp_path / "full.sqlite", isolation_level=None)
+    prepare_database(db, "NORMAL", search=False)
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    keys = Keys()
+    batch = [parse_event(keys.sign(content=f"{n} " + "x" * 4000)) for n in range(3)]
+    for _ in range(2):  # the next batch meets the same error, not a transaction left open
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            save_batch(db, batch)
+    db.execute("PRAGMA max_page_count = 1073741823")
+    assert save_batch(db, batch) == [SaveOutcome.STORED] * 3
+    # What a rollback that failed leaves behind: the next write still begins.
+    db.execute("BEGIN")
+    assert purge_expired(db, 0) == 0
+    assert save_batch(db, batch[:1]) == [SaveOutcome.DUPLICATE]
+    db.close()
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
-    start_relay: RelayFactory, keys: Keys, fault: str
+    start_relay: RelayFactory, keys: Keys, fault: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     relay = await start_relay()
     client = await Client.connect(url_of(relay))
     before = keys.sign(content="stored before the fault")
     assert (await client.publish(before))[2] is True
 
-    break_it, repair = FAULTS[fault]
+    break_it, repair, sqlite_error = FAULTS[fault]
     await break_it(relay)
     oks: dict[str, list[Any]] = {}
     for n in range(40):
@@ -160,6 +183,10 @@ async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
     assert before["id"] in found
     assert {i for i, ok in oks.items() if ok[2] is True} <= found
     assert not found & set(refused)
+    # The operator reads what went wrong, not what went wrong while cleaning up.
+    logged = [r.getMessage() for r in caplog.records if r.name == "relay.writer"]
+    assert logged
+    assert all(sqlite_error in line for line in logged), logged
 
     await repair(relay)
     after = keys.sign(content="x" * 4000)

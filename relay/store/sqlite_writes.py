@@ -68,14 +68,36 @@ def prepare_database(db: sqlite3.Connection, synchronous: str, search: bool) -> 
 
 
 def save_batch(db: sqlite3.Connection, events: Sequence[Event]) -> list[SaveOutcome]:
-    db.execute("BEGIN IMMEDIATE")
+    _begin(db)
     try:
         outcomes = [_save_one(db, event) for event in events]
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(db, exc)
         raise
     return outcomes
+
+
+def _begin(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        # A rollback that failed left one open: end it, or no batch could begin again.
+        db.execute("ROLLBACK")
+    db.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(db: sqlite3.Connection, cause: BaseException) -> None:
+    """Undo a failed transaction without hiding why it failed.
+
+    SQLite rolls back by itself after some errors (a full disk, an I/O error): a ROLLBACK
+    then fails with "no transaction is active", and raised here it would replace the
+    error the operator needs to see.
+    """
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as failed:
+        cause.add_note(f"and the rollback failed: {failed}")
 
 
 def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
@@ -220,7 +242,7 @@ def _delete_seqs(db: sqlite3.Connection, seqs: list[int]) -> None:
 
 
 def purge_expired(db: sqlite3.Connection, now: int) -> int:
-    db.execute("BEGIN IMMEDIATE")
+    _begin(db)
     try:
         seqs = [
             seq
@@ -231,7 +253,7 @@ def purge_expired(db: sqlite3.Connection, now: int) -> int:
         for start in range(0, len(seqs), 500):
             _delete_seqs(db, seqs[start : start + 500])
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(db, exc)
         raise
     return len(seqs)
