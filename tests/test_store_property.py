@@ -2,8 +2,9 @@
 
 The property test feeds both stores the same random sequence of signed events (few keys,
 few timestamps so that ties happen, replaceable and addressable kinds, NIP-09 deletions
-of earlier events and addresses (gift wraps by their recipients too), NIP-40 expiration tags) in random batches, with purges
-in between, and after every step asks both the same random filters. The example tests
+of earlier events and addresses (gift wraps by their recipients too), NIP-40 expiration
+tags) in random batches, with purges in between, and after every step asks both the same
+random filters. The example tests
 below pin the replacement and deletion rules on both backends.
 """
 
