@@ -1,10 +1,11 @@
-"""Faults: kill -9 during heavy ingest (repeated), a full disk and a read-only database."""
+"""Faults: kill -9 during heavy ingest (repeated), a full disk, a read-only database, and
+the database file deleted under the relay; what /health says of each."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,15 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from relay.core.event import parse_event
+from relay.core.event import Event, parse_event
 from relay.net.server import RelayServer
 from relay.store.base import SaveOutcome
+from relay.store.memory import MemoryStore
 from relay.store.sqlite import SqliteStore, run_on_connection
 from relay.store.sqlite_writes import prepare_database, purge_expired, save_batch
+from relay.store.writer import StoreFailure, Writer
 from tests.conftest import RelayFactory, RelayProcess, fetch_by_ids, url_of, wait_for
+from tests.http_client import http_request
 from tests.nostr import Client, Keys
 
 ROUNDS = 3
@@ -194,3 +198,102 @@ async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
     assert await reader.req("new", {"ids": [after["id"]]}) == [after]
     await reader.close()
     await client.close()
+
+
+# --- /health -------------------------------------------------------------------------------
+
+
+async def health(relay: RelayServer) -> int:
+    return (await http_request(relay.port, path="/health")).status
+
+
+async def test_health_fails_while_writes_fail_and_recovers_when_one_commits(
+    start_relay: RelayFactory, keys: Keys
+) -> None:
+    relay = await start_relay()
+    client = await Client.connect(url_of(relay))
+    assert await health(relay) == 200
+    await fill_disk(relay)
+    assert await health(relay) == 200  # nothing has been tried yet
+    replies = [await client.publish(keys.sign(content=f"{n} " + "x" * 4000)) for n in range(40)]
+    assert replies[-1][2] is False, "the disk never filled"
+    assert await health(relay) == 503
+    await free_disk(relay)
+    assert await health(relay) == 503  # until a write shows it
+    event = keys.sign(content="after")
+    assert await client.publish(event) == ["OK", event["id"], True, ""]
+    assert await health(relay) == 200
+    await client.close()
+
+
+def move(source: Path, target: Path) -> None:
+    source.rename(target)
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+def replace_with_copy(db: Path, copy: Path) -> None:
+    """Another file at the same path, with the same content."""
+    copy.write_bytes(db.read_bytes())
+    db.unlink()
+    copy.rename(db)
+
+
+async def test_health_fails_once_the_database_file_is_deleted_or_replaced(
+    start_relay: RelayFactory, tmp_path: Path, keys: Keys
+) -> None:
+    relay = await start_relay()
+    db = Path(relay.settings.db)
+    assert await health(relay) == 200
+    move(db, tmp_path / "moved.sqlite")
+    assert await health(relay) == 503
+    move(tmp_path / "moved.sqlite", db)
+    assert await health(relay) == 200  # put back, it is the same file again
+    # What the relay writes from now on would not be in the file at its path.
+    replace_with_copy(db, tmp_path / "copy.sqlite")
+    assert await health(relay) == 503
+    remove(db)
+    assert await health(relay) == 503
+    # Writes still commit (to the unlinked file): health does not rest on them alone.
+    client = await Client.connect(url_of(relay))
+    assert (await client.publish(keys.sign()))[2] is True
+    assert await health(relay) == 503
+    await client.close()
+
+
+class FailingStore(MemoryStore):
+    """Every commit fails while `broken`."""
+
+    broken = True
+
+    async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
+        if self.broken:
+            raise sqlite3.OperationalError("database or disk is full")
+        return await super().save_many(events, now)
+
+
+async def test_a_failed_commit_counts_for_the_window_or_until_a_commit_succeeds() -> None:
+    clock = [1000.0]
+    store = FailingStore()
+    writer = Writer(store, purge_interval=0, clock=lambda: clock[0])
+    writer.start()
+    try:
+        keys = Keys()
+        assert not writer.failing(60)
+        with pytest.raises(StoreFailure):
+            await writer.save(parse_event(keys.sign(content="one")))
+        assert writer.failing(60)
+        clock[0] += 59
+        assert writer.failing(60)
+        clock[0] += 1
+        assert not writer.failing(60)  # idle past the window: tried again
+        with pytest.raises(StoreFailure):
+            await writer.save(parse_event(keys.sign(content="two")))
+        assert writer.failing(60)
+        store.broken = False
+        assert await writer.save(parse_event(keys.sign(content="three"))) is SaveOutcome.STORED
+        assert not writer.failing(60)
+    finally:
+        await writer.close()

@@ -33,6 +33,9 @@ log = logging.getLogger("relay")
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
 SHUTDOWN_FLUSH_SECONDS = 5.0
+# /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
+# (two of the Dockerfile's health check intervals) if no other write is tried.
+HEALTH_WINDOW_SECONDS = 60.0
 # A connection that sent nothing for this long has had every frame it sent read.
 SHUTDOWN_QUIET_SECONDS = 0.1
 
@@ -92,7 +95,7 @@ class RelayServer:
                 process_request=AdmissionControl(
                     self.connections_per_ip,
                     self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
+                    HttpResponder(info, self.healthy),
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
@@ -113,6 +116,14 @@ class RelayServer:
         self.auth = settings.auth_policy(self.port)
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
+
+    def healthy(self) -> bool:
+        """/health: running, the database file is the one opened, and writes commit."""
+        return (
+            self.accepting
+            and self.store.intact()
+            and not self.writer.failing(HEALTH_WINDOW_SECONDS)
+        )
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""

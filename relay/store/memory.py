@@ -39,6 +39,9 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
+    def intact(self) -> bool:
+        return True
+
     async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
         return [self._save(event) for event in events]
 
