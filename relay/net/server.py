@@ -22,7 +22,7 @@ from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
 from relay.net.outbox import Flusher
-from relay.net.verifier import SignatureVerifier
+from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
 from relay.store.writer import StoreFailure, Writer, WriterClosed
@@ -33,6 +33,7 @@ log = logging.getLogger("relay")
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
 SHUTDOWN_FLUSH_SECONDS = 5.0
+CHECK_FAILED = "error: the signature could not be checked, try again"
 # /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
 # (two of the Dockerfile's health check intervals) if no other write is tried.
 HEALTH_WINDOW_SECONDS = 60.0
@@ -191,8 +192,9 @@ class RelayServer:
             self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, "invalid: bad signature"
+        refusal = await self._signature_refusal(event)
+        if refusal is not None:
+            return False, refusal
         decision = await self.write_policy.decide(event, source or Source("", now))
         if decision.action is Action.REJECT:
             return False, decision.ok_reason
@@ -243,10 +245,20 @@ class RelayServer:
             auth.check_auth_event(event, state.challenge, self.auth.relay_url, int(time.time()))
         except ClientError as error:
             return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, Invalid("bad signature").reason
+        refusal = await self._signature_refusal(event)
+        if refusal is not None:
+            return False, refusal
         state.pubkeys.add(event.pubkey)
         return True, ""
+
+    async def _signature_refusal(self, event: Event) -> str | None:
+        """Why the event's signature does not pass, or None when it does."""
+        try:
+            valid = await self.verifier.verify(event)
+        except SignatureCheckFailed:
+            # The verify process died holding it; it logged that once, and is restarted.
+            return CHECK_FAILED
+        return None if valid else Invalid("bad signature").reason
 
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds
