@@ -266,7 +266,7 @@ async def test_a_verify_process_killed_holding_events_is_logged_once(
     # Frames are read in order: once this EOSE is back, every check was sent to the child.
     assert await client.req("sentinel", {"ids": ["0" * 64]}) == []
     os.kill(child, signal.SIGKILL)
-    replies = {}
+    replies: dict[str, list[Any]] = {}
     while len(replies) < IN_FLIGHT:
         reply = await client.recv()
         replies[reply[1]] = reply
