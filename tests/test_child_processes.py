@@ -281,7 +281,8 @@ async def test_a_verify_process_killed_holding_events_is_logged_once(
     assert "Traceback" not in log, log
     warnings = [line for line in log.splitlines() if "relay.net.verify_process" in line]
     assert len(warnings) == 1, log
-    assert "WARNING" in warnings[0] and "exited with code -9" in warnings[0], warnings
+    assert "WARNING" in warnings[0], warnings
+    assert "exited with code -9" in warnings[0], warnings
 
 
 def test_new_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:

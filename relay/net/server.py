@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
 from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
+from relay.net import shutdown
 from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
@@ -32,13 +32,10 @@ log = logging.getLogger("relay")
 # Frames over the advertised max_message_length but under this many times it get a
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
-SHUTDOWN_FLUSH_SECONDS = 5.0
 CHECK_FAILED = "error: the signature could not be checked, try again"
 # /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
 # (two of the Dockerfile's health check intervals) if no other write is tried.
 HEALTH_WINDOW_SECONDS = 60.0
-# A connection that sent nothing for this long has had every frame it sent read.
-SHUTDOWN_QUIET_SECONDS = 0.1
 
 
 class RelayServer:
@@ -135,22 +132,14 @@ class RelayServer:
         # A plugin finishes the event it holds (or is killed) before the writer closes.
         await self.write_policy.close()
         await self.writer.close()
-        await self._settle_connections()
+        # Answer every frame already received (refused now: accepting is False) and send
+        # the answers before the close frame; a frame read after it could not be answered.
+        await shutdown.settle(list(self.connections))
         if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+            await shutdown.close(self._server, list(self.connections))
         await self.verifier.close()
         await self.store.close()
         log.info("stopped")
-
-    async def _settle_connections(self) -> None:
-        """Answer every frame already received (refused now: accepting is False) and send
-        the answers before the close frame; a frame read after it could not be answered."""
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while time.monotonic() < deadline:
-            if all(c.settled(SHUTDOWN_QUIET_SECONDS) for c in self.connections):
-                return
-            await asyncio.sleep(0.01)
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)

@@ -172,6 +172,10 @@ class SqliteStore:
     async def close(self) -> None:
         self._file_id = None
         for reader in self._all_readers:
+            # A query still running (its REQ gone with its connection) would hold the
+            # close for up to query_timeout; interrupt() is safe from another thread.
+            reader._conn.interrupt()
+        for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
         await self.writes.close()
