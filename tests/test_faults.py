@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -198,6 +199,34 @@ async def test_unwritable_database_refuses_with_error_keeps_reads_and_recovers(
     assert await reader.req("new", {"ids": [after["id"]]}) == [after]
     await reader.close()
     await client.close()
+
+
+# --- a read that does not end -----------------------------------------------------------
+
+# Seconds of work on one core (about 4 s here): far longer than the close takes.
+LONG_READ = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 10000000)"
+    " SELECT count(*) FROM n"
+)
+
+
+async def test_closing_the_store_interrupts_a_read_still_running(tmp_path: Path) -> None:
+    """At shutdown a query whose REQ is gone must not hold the close for up to
+    query_timeout: it is interrupted, not run to its end."""
+    store = SqliteStore(tmp_path / "s.sqlite", readers=1)
+    await store.open()
+    started = threading.Event()
+
+    def long_read(db: sqlite3.Connection) -> Any:
+        started.set()
+        return db.execute(LONG_READ).fetchone()
+
+    reading = asyncio.create_task(store._read(long_read))
+    assert await asyncio.to_thread(started.wait, 5)
+    await asyncio.sleep(0.05)  # past started.set(): the statement is running
+    await store.close()
+    with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+        await reading
 
 
 # --- /health -------------------------------------------------------------------------------
