@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -209,7 +210,7 @@ def private_parts(filters: Iterable[Filter], dm_kinds: frozenset[int]) -> list[F
 
 
 def readable_parts(
-    filters: Iterable[Filter], pubkeys: set[str], dm_kinds: frozenset[int]
+    filters: Iterable[Filter], pubkeys: AbstractSet[str], dm_kinds: frozenset[int]
 ) -> list[Filter]:
     """Filters matching exactly the private events the filters match that `pubkeys` may
     read: by author, or by a `p` tag naming one of them."""

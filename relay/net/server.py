@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence, Set
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -15,13 +15,15 @@ from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
+from relay.core.session import Session, SessionPolicy, SharedBudget
 from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
 from relay.net import shutdown
-from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
+from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
-from relay.net.outbox import Flusher
+from relay.net.outbox import Flusher, OutboxMeter
+from relay.net.trim import MemoryTrimmer
 from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
@@ -36,6 +38,9 @@ CHECK_FAILED = "error: the signature could not be checked, try again"
 # /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
 # (two of the Dockerfile's health check intervals) if no other write is tried.
 HEALTH_WINDOW_SECONDS = 60.0
+# A connection whose filters held this many live index entries at some point leaves
+# enough freed memory behind to be worth giving back to the OS (net/trim.py).
+HEAVY_CONNECTION_ENTRIES = 1000
 
 
 class RelayServer:
@@ -44,16 +49,24 @@ class RelayServer:
         self.store = store
         self.writer = Writer(store, purge_interval=settings.purge_interval)
         self.verifier = SignatureVerifier(process=settings.verify_process)
-        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
+        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
+            settings.limits.created_at_lower_limit
+        )
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
         self.flusher = Flusher()
+        self.outbox_meter = OutboxMeter()
+        self.live_entries = SharedBudget(settings.max_live_entries_total)
+        self.rate_exempt = ExemptNetworks(settings.rate_limit_exempt)
+        self.trimmer = MemoryTrimmer()
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
             settings.event_rate_per_ip, settings.event_burst_per_ip
         )
-        self.connections_per_ip = ConnectionCounter(settings.max_connections_per_ip)
+        self.connections_per_ip = ConnectionCounter(
+            settings.max_connections_per_ip, self.rate_exempt
+        )
         # Rebuilt with the listening port once known: relay_url may derive from it.
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
@@ -112,6 +125,14 @@ class RelayServer:
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
+        self.session_policy = SessionPolicy(
+            limits=settings.limits,
+            auth=self.auth,
+            count_enabled=settings.count_enabled,
+            search_enabled=settings.search_enabled,
+            req_rate=settings.req_rate_per_connection,
+            req_burst=settings.req_burst_per_connection,
+        )
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
@@ -139,6 +160,7 @@ class RelayServer:
             await shutdown.close(self._server, list(self.connections))
         await self.verifier.close()
         await self.store.close()
+        self.trimmer.cancel()
         log.info("stopped")
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -153,7 +175,25 @@ class RelayServer:
             await ws.close(code=1008, reason="rate-limited: too many connections")
             return
         self.connections_per_ip.add(ip)
-        connection = ClientConnection(ws, self, peer, ip)
+        session = Session(
+            self.session_policy,
+            shared_entries=self.live_entries,
+            event_rate=self.event_rate_per_ip,
+            ip=ip,
+            rate_exempt=ip in self.rate_exempt,
+        )
+        settings = self.settings
+        connection = ClientConnection(
+            ws,
+            self,
+            session,
+            peer=peer,
+            ip=ip,
+            max_outbox_bytes=settings.max_outbox_bytes,
+            page_bytes=settings.query_page_bytes,
+            max_event_size=settings.max_event_size,
+            max_result_bytes=settings.max_result_bytes_in_flight,
+        )
         self.connections.add(connection)
         started = time.monotonic()
         log.info("%s connected", peer)
@@ -162,6 +202,8 @@ class RelayServer:
         finally:
             self.connections_per_ip.remove(ip)
             self.connections.discard(connection)
+            if session.peak_entries >= HEAVY_CONNECTION_ENTRIES:
+                self.trimmer.request()
             log.info(
                 "%s disconnected after %.1fs (code %s, %d events)",
                 peer,
@@ -202,14 +244,34 @@ class RelayServer:
             self.broadcast(event)
         return outcome.accepted, outcome.reason
 
-    async def query(self, filters: Sequence[Filter]) -> list[bytes]:
-        if all(f.limit == 0 for f in filters):
-            return []
+    async def query_pages(
+        self, filters: tuple[Filter, ...], owner: object, page_bytes: int
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Stored matches page by page (the session caps the REQ as a whole)."""
         found = await self.store.query(filters, int(time.time()))
-        # Each filter is clamped to max_limit; this caps the REQ as a whole.
-        return found[: self.settings.max_req_results]
+        page: list[bytes] = []
+        size = 0
+        for raw in found:
+            page.append(raw)
+            size += len(raw)
+            if len(page) >= self.settings.query_page_events or size >= page_bytes:
+                yield page
+                page, size = [], 0
+        if page:
+            yield page
 
-    async def count(self, filters: Sequence[Filter], readers: set[str]) -> int:
+    async def verify(self, event: Event) -> bool:
+        return await self.verifier.verify(event)
+
+    def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        self.subscriptions.add(owner, sub_id, filters, int(time.time()))
+
+    def unwatch(self, owner: ClientConnection, sub_id: str) -> None:
+        self.subscriptions.remove(owner, sub_id)
+
+    async def count(
+        self, filters: Sequence[Filter], readers: Set[str], owner: object = None
+    ) -> int:
         """NIP-45: distinct stored events matching any filter that `readers` may read.
 
         Private kinds count only where a reader is their author or tagged recipient:
@@ -227,18 +289,6 @@ class RelayServer:
         allowed = await self.store.count(readable, now) if readable else 0
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
-
-    async def authenticate(self, event: Event, state: auth.AuthState) -> tuple[bool, str]:
-        """NIP-42: check an AUTH event against this connection's challenge: (accepted, reason)."""
-        try:
-            auth.check_auth_event(event, state.challenge, self.auth.relay_url, int(time.time()))
-        except ClientError as error:
-            return False, error.reason
-        refusal = await self._signature_refusal(event)
-        if refusal is not None:
-            return False, refusal
-        state.pubkeys.add(event.pubkey)
-        return True, ""
 
     async def _signature_refusal(self, event: Event) -> str | None:
         """Why the event's signature does not pass, or None when it does."""
