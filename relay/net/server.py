@@ -155,9 +155,7 @@ class RelayServer:
         await self.writer.close()
         # Answer every frame already received (refused now: accepting is False) and send
         # the answers before the close frame; a frame read after it could not be answered.
-        await shutdown.settle(list(self.connections))
-        if self._server is not None:
-            await shutdown.close(self._server, list(self.connections))
+        await shutdown.stop(self._server, list(self.connections))
         await self.verifier.close()
         await self.store.close()
         self.trimmer.cancel()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConcurrencyError, ConnectionClosed
+from websockets.frames import CloseCode
 
 if TYPE_CHECKING:
     from relay.net.connection import ClientConnection
@@ -81,12 +82,18 @@ class Draining:
         self._buffered = buffered
         return now - self._stalled_since >= STALL_SECONDS
 
-    def end(self) -> None:
-        """Before the close handshake: it must read the client's close frame."""
+    def start_closing(self) -> asyncio.Task[None]:
+        """Send the close frame (1001), its handshake bounded by CLOSE_SECONDS; the task
+        writes the frame in its first step."""
         self._pong.cancel()
         ws = self.connection.ws
         ws.close_timeout = CLOSE_SECONDS
-        transport = ws.transport
+        return asyncio.create_task(ws.close(CloseCode.GOING_AWAY))
+
+    def read_again(self) -> None:
+        """Once the close frame is out: the client's close frame must be read. What comes
+        before it is handled, but no answer can follow the close frame."""
+        transport = self.connection.ws.transport
         if not transport.is_closing() and not transport.is_reading():
             transport.resume_reading()
 
@@ -97,28 +104,38 @@ def stop_reading(ws: ServerConnection) -> None:
         transport.pause_reading()
 
 
-async def settle(connections: Iterable[ClientConnection]) -> None:
-    """Wait until every connection has answered what it was sent before the stop (or
-    cannot be answered), at most FLUSH_SECONDS; then ready them for a prompt close."""
+async def stop(server: Server | None, connections: Iterable[ClientConnection]) -> None:
+    """Answer what each connection was sent before the stop, then close them all."""
     draining = [Draining(c) for c in connections]
+    await _settle(draining)
+    await _close(server, draining)
+
+
+async def _settle(draining: list[Draining]) -> None:
+    """Until every connection has answered what it was sent before the stop (or cannot
+    be answered), at most FLUSH_SECONDS."""
     deadline = time.monotonic() + FLUSH_SECONDS
-    try:
-        while (now := time.monotonic()) < deadline:
-            if all(d.done(now) for d in draining):
-                return
-            await asyncio.sleep(POLL_SECONDS)
-    finally:
-        for d in draining:
-            d.end()
+    while (now := time.monotonic()) < deadline:
+        if all(d.done(now) for d in draining):
+            return
+        await asyncio.sleep(POLL_SECONDS)
 
 
-async def close(server: Server, connections: Iterable[ClientConnection]) -> None:
-    """Close every connection with 1001; abort those whose handshake is not over within
-    CLOSE_SECONDS (one already closing for another reason keeps its own, longer timeout)."""
-    server.close(close_connections=True)
+async def _close(server: Server | None, draining: list[Draining]) -> None:
+    """Close every connection with 1001, then read again for the clients' close frames
+    (reading first, a client that kept sending buried the close frame under answers to
+    what came after); abort what is still open after CLOSE_SECONDS, connections already
+    closing for another reason (a full outbox) with close_timeout included."""
+    closing = [d.start_closing() for d in draining]
+    await asyncio.sleep(0)  # each task writes its close frame
+    for d in draining:
+        d.read_again()
+    if server is not None:
+        server.close(close_connections=True)  # and the handshakes not yet in the set
     try:
-        await asyncio.wait_for(asyncio.shield(server.wait_closed()), CLOSE_SECONDS)
+        await asyncio.wait_for(asyncio.gather(*closing), CLOSE_SECONDS)
     except TimeoutError:
-        for connection in connections:
-            connection.ws.transport.abort()
+        for d in draining:
+            d.connection.ws.transport.abort()
+    if server is not None:
         await server.wait_closed()
