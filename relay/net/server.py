@@ -11,7 +11,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from relay.config import Settings
 from relay.core import auth, nip11, vanish
-from relay.core.errors import ClientError
+from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
@@ -20,12 +20,13 @@ from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session, SessionPolicy, SharedBudget
 from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
+from relay.net import shutdown
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.trim import MemoryTrimmer, map_large_blocks
-from relay.net.verifier import SignatureVerifier
+from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore
 from relay.store.writer import StoreFailure, Writer, WriterClosed
@@ -35,9 +36,10 @@ log = logging.getLogger("relay")
 # Frames over the advertised max_message_length but under this many times it get a
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
-SHUTDOWN_FLUSH_SECONDS = 5.0
-# A connection that sent nothing for this long has had every frame it sent read.
-SHUTDOWN_QUIET_SECONDS = 0.1
+CHECK_FAILED = "error: the signature could not be checked, try again"
+# /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
+# (two of the Dockerfile's health check intervals) if no other write is tried.
+HEALTH_WINDOW_SECONDS = 60.0
 
 
 class RelayServer:
@@ -109,7 +111,7 @@ class RelayServer:
                 process_request=AdmissionControl(
                     self.connections_per_ip,
                     self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
+                    HttpResponder(info, self.healthy),
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
@@ -142,6 +144,14 @@ class RelayServer:
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
+    def healthy(self) -> bool:
+        """/health: running, the database file is the one opened, and writes commit."""
+        return (
+            self.accepting
+            and self.store.intact()
+            and not self.writer.failing(HEALTH_WINDOW_SECONDS)
+        )
+
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
@@ -153,23 +163,13 @@ class RelayServer:
         # A plugin finishes the event it holds (or is killed) before the writer closes.
         await self.write_policy.close()
         await self.writer.close()
-        await self._settle_connections()
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+        # Answer every frame already received (refused now: accepting is False) and send
+        # the answers before the close frame; a frame read after it could not be answered.
+        await shutdown.stop(self._server, list(self.connections))
         await self.verifier.close()
         await self.store.close()
         self.trimmer.cancel()
         log.info("stopped")
-
-    async def _settle_connections(self) -> None:
-        """Answer every frame already received (refused now: accepting is False) and send
-        the answers before the close frame; a frame read after it could not be answered."""
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while time.monotonic() < deadline:
-            if all(c.settled(SHUTDOWN_QUIET_SECONDS) for c in self.connections):
-                return
-            await asyncio.sleep(0.01)
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)
@@ -231,8 +231,9 @@ class RelayServer:
             self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, "invalid: bad signature"
+        refusal = await self._signature_refusal(event)
+        if refusal is not None:
+            return False, refusal
         decision = await self.write_policy.decide(event, source or Source("", now))
         if decision.action is Action.REJECT:
             return False, decision.ok_reason
@@ -326,6 +327,15 @@ class RelayServer:
         allowed = await self.store.count(readable, now) if readable else 0
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
+
+    async def _signature_refusal(self, event: Event) -> str | None:
+        """Why the event's signature does not pass, or None when it does."""
+        try:
+            valid = await self.verifier.verify(event)
+        except SignatureCheckFailed:
+            # The verify process died holding it; it logged that once, and is restarted.
+            return CHECK_FAILED
+        return None if valid else Invalid("bad signature").reason
 
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds

@@ -7,10 +7,15 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
-from relay.child import ChildStartError
+from relay.child import ChildRequestError, ChildStartError
 from relay.core.event import Event
 from relay.core.signature import verify_many
 from relay.net.verify_process import VerifyProcess
+
+
+class SignatureCheckFailed(Exception):
+    """The verify process died (or failed) holding this check: its outcome is unknown.
+    The process logged it once; the caller answers its event without a traceback."""
 
 
 class SignatureVerifier:
@@ -66,6 +71,8 @@ def _resolve(
             future.cancel()
         return
     error = done.exception()
+    if isinstance(error, ChildRequestError):
+        error = SignatureCheckFailed(str(error))
     for index, (_, future) in enumerate(chunk):
         if future.done():
             continue

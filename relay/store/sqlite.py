@@ -138,6 +138,8 @@ class SqliteStore:
         )
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        # (device, inode) of the database file once open: see intact().
+        self._file_id: tuple[int, int] | None = None
 
     async def open(self) -> None:
         try:
@@ -150,6 +152,7 @@ class SqliteStore:
     async def _connect(self) -> None:
         # The writer creates the schema before any reader opens the file read-only.
         await self.writes.start()
+        self._file_id = _file_id(self.path)
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
             reader = await _connect(read_only_uri, uri=True, isolation_level=None)
@@ -158,7 +161,20 @@ class SqliteStore:
             await reader.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
             self._readers.put_nowait(reader)
 
+    def intact(self) -> bool:
+        """The database file is still at its path, and is the file the store opened.
+
+        Deleted or replaced, the connections go on with the old file, so writes succeed
+        and reads answer, but nothing of it survives a restart.
+        """
+        return self._file_id is not None and _file_id(self.path) == self._file_id
+
     async def close(self) -> None:
+        self._file_id = None
+        for reader in self._all_readers:
+            # A query still running (its REQ gone with its connection) would hold the
+            # close for up to query_timeout; interrupt() is safe from another thread.
+            reader._conn.interrupt()
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
@@ -231,6 +247,14 @@ def _negentropy_items(
     if cap is not None and len(items) > cap:
         raise TooManyItems(cap)
     return items
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _with_deadline(

@@ -49,6 +49,8 @@ class Writer:
         self._closing = False
         self._next_purge = 0.0
         self.batches = 0
+        # When the latest commit failed (clock time), None once one has succeeded since.
+        self.failed_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="writer")
@@ -59,6 +61,14 @@ class Writer:
         future: asyncio.Future[SaveOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((event, future))
         return await future
+
+    def failing(self, window: float) -> bool:
+        """The latest commit failed, less than `window` seconds ago.
+
+        An idle relay does not learn that writes work again until one is tried: after the
+        window it counts as healthy again, and the next failure says otherwise.
+        """
+        return self.failed_at is not None and self.clock() - self.failed_at < window
 
     async def close(self) -> None:
         """Take no more events, commit everything already queued, then stop."""
@@ -110,11 +120,13 @@ class Writer:
             outcomes = await self.store.save_many([event for event, _ in batch], now)
         except Exception as exc:
             log.error("could not commit a batch of %d events: %s", len(batch), exc)
+            self.failed_at = self.clock()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StoreFailure(str(exc)))
             return
         self.batches += 1
+        self.failed_at = None
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
