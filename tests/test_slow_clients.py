@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.net.server import RelayServer
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory, RelayProcess, url_of, wait_for
+from tests.http_client import metric, scrape
 from tests.nostr import Client, Keys
 from tests.raw_ws import RawClient
 
@@ -57,6 +58,7 @@ async def test_a_client_that_stops_reading_gets_a_notice_and_1008(
     raw.close()
     assert texts[-1] == OVERFLOW_NOTICE
     assert code == 1008
+    assert metric(await scrape(relay.port), "relay_outbox_drops_total") == 1
     # Others go on.
     event = keys.sign(content="after the slow one")
     await publish_one(url_of(relay), event)

@@ -20,11 +20,13 @@ from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
-from relay.net.http import HttpResponder
+from relay.net.http import HttpResponder, MetricsResponder
+from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.outbox import Flusher
+from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
-from relay.store.base import EventStore
+from relay.store.base import EventStore, SaveOutcome, StatsSource
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -41,12 +43,21 @@ class RelayServer:
     def __init__(self, settings: Settings, store: EventStore) -> None:
         self.settings = settings
         self.store = store
-        self.writer = Writer(store, purge_interval=settings.purge_interval)
+        self.store_figures = StoreFigures(store)
+        self.event_rate = EventRate()
+        self.metrics: Metrics = (
+            PrometheusMetrics(lambda: len(self.connections), self.store_figures, self._restarts)
+            if settings.metrics_enabled
+            else Metrics()
+        )
+        self.writer = Writer(
+            store, purge_interval=settings.purge_interval, on_commit=self._committed
+        )
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
-        self.flusher = Flusher()
+        self.flusher = Flusher(on_overflow=self.metrics.outbox_dropped)
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
@@ -57,12 +68,25 @@ class RelayServer:
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
 
     @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("relay is not running")
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def _metrics_here(self) -> bool:
+        """/metrics is served on the relay's own port."""
+        return self.metrics.enabled and not self.settings.metrics_apart
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on."""
+        if self._metrics_server is None:
+            return self.port
+        return int(self._metrics_server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         await self.store.open()
@@ -92,7 +116,12 @@ class RelayServer:
                 process_request=AdmissionControl(
                     self.connections_per_ip,
                     self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
+                    HttpResponder(
+                        info,
+                        lambda: self.accepting,
+                        lambda: live_figures(self.store_figures, self.event_rate, self.connections),
+                        self.metrics if self._metrics_here else None,
+                    ),
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
@@ -111,6 +140,8 @@ class RelayServer:
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
+        if settings.metrics_apart:
+            self._metrics_server = await serve_metrics(self.metrics, settings)
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
@@ -127,6 +158,9 @@ class RelayServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
         await self.verifier.close()
         await self.store.close()
         log.info("stopped")
@@ -154,6 +188,7 @@ class RelayServer:
         self.connections_per_ip.add(ip)
         connection = ClientConnection(ws, self, peer, ip)
         self.connections.add(connection)
+        self.metrics.connection_opened()
         started = time.monotonic()
         log.info("%s connected", peer)
         try:
@@ -171,6 +206,12 @@ class RelayServer:
 
     async def ingest(self, event: Event, source: Source | None = None) -> tuple[bool, str]:
         """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
+        started = time.perf_counter()
+        accepted, reason = await self._ingest(event, source)
+        self.metrics.event_answered(accepted, reason, time.perf_counter() - started)
+        return accepted, reason
+
+    async def _ingest(self, event: Event, source: Source | None) -> tuple[bool, str]:
         if not self.accepting:
             return False, "error: the relay is shutting down"
         now = int(time.time())
@@ -203,9 +244,12 @@ class RelayServer:
     async def query(self, filters: Sequence[Filter]) -> list[bytes]:
         if all(f.limit == 0 for f in filters):
             return []
+        started = time.perf_counter()
         found = await self.store.query(filters, int(time.time()))
+        cap = self.settings.max_req_results
+        self.metrics.query_done(time.perf_counter() - started, limit_hit(filters, len(found), cap))
         # Each filter is clamped to max_limit; this caps the REQ as a whole.
-        return found[: self.settings.max_req_results]
+        return found[:cap]
 
     async def count(self, filters: Sequence[Filter], readers: set[str]) -> int:
         """NIP-45: distinct stored events matching any filter that `readers` may read.
@@ -231,16 +275,60 @@ class RelayServer:
         try:
             auth.check_auth_event(event, state.challenge, self.auth.relay_url, int(time.time()))
         except ClientError as error:
+            self.metrics.authenticated(False)
             return False, error.reason
         if not await self.verifier.verify(event):
+            self.metrics.authenticated(False)
             return False, Invalid("bad signature").reason
         state.pubkeys.add(event.pubkey)
+        self.metrics.authenticated(True)
         return True, ""
 
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds
-        for connection, sub_id in self.subscriptions.matching(event):
+        matching = self.subscriptions.matching(event)
+        for connection, sub_id in matching:
             connection.deliver(sub_id, event, private)
+        self.metrics.delivered(len(matching))
+
+    def _committed(self, outcomes: Sequence[SaveOutcome], seconds: float) -> None:
+        self.metrics.batch_committed(outcomes, seconds)
+        self.event_rate.committed(outcomes)
+
+    def _restarts(self) -> dict[str, int]:
+        """Child processes started again, by process (for the metrics)."""
+        restarts = {"verify": self.verifier.process_restarts}
+        if isinstance(self.store, StatsSource):
+            restarts["write"] = self.store.process_restarts
+        return restarts
+
+
+def limit_hit(filters: Sequence[Filter], found: int, cap: int) -> bool:
+    """Whether a REQ's query returned all it could: the REQ's cap, or every filter's
+    limit (filters overlap rarely enough for their sum to tell)."""
+    if found >= cap:
+        return True
+    limits = [f.limit for f in filters]
+    return None not in limits and found >= sum(limit or 0 for limit in limits)
+
+
+async def serve_metrics(metrics: Metrics, settings: Settings) -> Server:
+    """The metrics' own listener, on metrics_host (or host) and metrics_port."""
+    server = await serve(
+        _no_websocket,
+        settings.metrics_host or settings.host,
+        settings.metrics_port,
+        process_request=MetricsResponder(metrics),
+        server_header=None,
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    log.info("metrics on %s:%d", host, port)
+    return server
+
+
+async def _no_websocket(ws: ServerConnection) -> None:
+    """Never reached: the metrics' listener answers every request itself."""
+    await ws.close()
 
 
 def _peer_name(ws: ServerConnection) -> str:
