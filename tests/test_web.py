@@ -32,6 +32,7 @@ JS_DIR = REPOSITORY / "tests" / "interop" / "js"
 SCHNORR = REPOSITORY / "relay" / "web" / "schnorr.js"
 SCREENSHOT = REPOSITORY / "docs" / "screenshot.png"
 CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
 NODE_TIMEOUT = 60.0
 # Milliseconds the page has for each thing awaited (it signs with BigInt arithmetic).
 PAGE_TIMEOUT_MS = 30_000
@@ -140,7 +141,7 @@ async def test_a_note_the_page_signs_passes_the_relays_own_checks() -> None:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    _needed(CHROMIUM if Path(CHROMIUM).exists() else None, "Debian's chromium")
+    _needed(CHROMIUM if HAVE_CHROMIUM else None, "Debian's chromium")
     playwright_api = pytest.importorskip("playwright.async_api")
     async with playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(

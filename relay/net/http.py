@@ -4,14 +4,16 @@ CORS; refuses upgrades elsewhere. Also the metrics' own listener when they are k
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from importlib import resources
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from relay.config import Settings
 from relay.core import canonical
 from relay.net.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.net.metrics import Metrics
@@ -43,6 +45,8 @@ PAGE_HEADERS = (
 )
 # `/` answers by the Accept header: caches must keep the answers apart.
 VARY_ACCEPT = (("Vary", "Accept"),)
+
+log = logging.getLogger("relay")
 
 Stats = Callable[[], Awaitable[dict[str, object]]]
 
@@ -170,3 +174,22 @@ class MetricsResponder:
         else:
             response = _response(HTTPStatus.NOT_FOUND, b"Not found.\n", "text/plain")
         return _head_aware(request, response) or response
+
+
+async def serve_metrics(metrics: Metrics, settings: Settings) -> Server:
+    """The metrics' own listener, on metrics_host (or host) and metrics_port."""
+    server = await serve(
+        _no_websocket,
+        settings.metrics_host or settings.host,
+        settings.metrics_port,
+        process_request=MetricsResponder(metrics),
+        server_header=None,
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    log.info("metrics on %s:%d", host, port)
+    return server
+
+
+async def _no_websocket(ws: ServerConnection) -> None:
+    """Never reached: the metrics' listener answers every request itself."""
+    await ws.close()

@@ -20,7 +20,7 @@ from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
 from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
 from relay.net.connection import ClientConnection
-from relay.net.http import HttpResponder, MetricsResponder
+from relay.net.http import HttpResponder, serve_metrics
 from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.outbox import Flusher
 from relay.net.stats import EventRate, StoreFigures, live_figures
@@ -109,6 +109,8 @@ class RelayServer:
             ),
         )
         try:
+            if settings.metrics_apart:
+                self._metrics_server = await serve_metrics(self.metrics, settings)
             self._server = await serve(
                 self._handle,
                 self.settings.host,
@@ -134,14 +136,13 @@ class RelayServer:
                 server_header=None,
             )
         except BaseException:
+            await self._close_metrics_server()
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
             await self.verifier.close()
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
-        if settings.metrics_apart:
-            self._metrics_server = await serve_metrics(self.metrics, settings)
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
 
@@ -158,12 +159,15 @@ class RelayServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-            await self._metrics_server.wait_closed()
+        await self._close_metrics_server()
         await self.verifier.close()
         await self.store.close()
         log.info("stopped")
+
+    async def _close_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
 
     async def _settle_connections(self) -> None:
         """Answer every frame already received (refused now: accepting is False) and send
@@ -310,25 +314,6 @@ def limit_hit(filters: Sequence[Filter], found: int, cap: int) -> bool:
         return True
     limits = [f.limit for f in filters]
     return None not in limits and found >= sum(limit or 0 for limit in limits)
-
-
-async def serve_metrics(metrics: Metrics, settings: Settings) -> Server:
-    """The metrics' own listener, on metrics_host (or host) and metrics_port."""
-    server = await serve(
-        _no_websocket,
-        settings.metrics_host or settings.host,
-        settings.metrics_port,
-        process_request=MetricsResponder(metrics),
-        server_header=None,
-    )
-    host, port = server.sockets[0].getsockname()[:2]
-    log.info("metrics on %s:%d", host, port)
-    return server
-
-
-async def _no_websocket(ws: ServerConnection) -> None:
-    """Never reached: the metrics' listener answers every request itself."""
-    await ws.close()
 
 
 def _peer_name(ws: ServerConnection) -> str:
