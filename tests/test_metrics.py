@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from relay.core.filters import Filter
-from relay.net.metrics import reason_prefix
+from relay.net.metrics import Histogram, reason_prefix
 from relay.net.server import RelayServer, limit_hit
 from relay.net.stats import EventRate
 from relay.store.base import SaveOutcome
@@ -59,6 +59,7 @@ async def test_metrics_count_known_traffic(start_relay: RelayFactory, keys: Keys
     refused = sum(v for (name, _), v in samples.items() if name == "relay_events_refused_total")
     assert refused == 1
     assert metric(samples, "relay_ok_seconds_count") == notes + 2
+    assert metric(samples, "relay_ok_seconds_bucket", le="+Inf") == notes + 2
     # The forged event never reached the writer; the duplicate did.
     assert metric(samples, "relay_commit_batch_events_sum") == notes + 1
     assert metric(samples, "relay_commit_seconds_count") == metric(
@@ -167,3 +168,11 @@ async def test_subscription_gauge_follows_its_hooks(start_relay: RelayFactory) -
         relay.metrics.subscription_opened()
     relay.metrics.subscription_closed()
     assert metric(await scrape(relay.port), "relay_subscriptions_open") == 2
+
+
+def test_histogram_buckets_are_cumulative_and_include_their_bound() -> None:
+    histogram = Histogram((0.001, 0.01, 1))
+    for seconds in (0.001, 0.005, 0.01, 3.0):
+        histogram.observe(seconds)
+    assert histogram.buckets() == [("0.001", 1), ("0.01", 3), ("1.0", 3), ("+Inf", 4)]
+    assert histogram.total == pytest.approx(3.016)
