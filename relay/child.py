@@ -57,6 +57,8 @@ class ChildProcess:
         self._waiting: deque[asyncio.Future[bytes]] = deque()
         self._sending = asyncio.Lock()
         self._closed = False
+        # Children started after the first one died (shown in the metrics).
+        self.restarts = 0
 
     async def start(self) -> None:
         async with self._sending:
@@ -103,9 +105,12 @@ class ChildProcess:
         """The running child, or a new one if there is none or it died."""
         replies_ended = self._replies is not None and self._replies.done()
         if self._child is None or self._child.returncode is not None or replies_ended:
+            died = self._replies is not None
             if self._replies is not None:
                 await self._replies
             self._child = await self._spawn()
+            if died:
+                self.restarts += 1
             self._replies = asyncio.create_task(self._read_replies(self._child))
         return self._child
 

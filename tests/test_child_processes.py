@@ -27,6 +27,7 @@ from relay.store.sqlite_writes import PAGE_SIZE, prepare_database, save_batch
 from relay.store.write_process import WriteProcess, WriteProcessError
 from relay.store.writer import Writer
 from tests.conftest import RelayProcess, fetch_by_ids
+from tests.http_client import metric, scrape
 from tests.nostr import Client, Keys
 
 
@@ -219,6 +220,9 @@ async def test_relay_answers_and_recovers_when_its_write_process_dies(
     acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
     found = await fetch_by_ids(process.url, *acknowledged)
     assert {e["id"] for e in found} == set(acknowledged)
+    samples = await scrape(process.port)
+    assert metric(samples, "relay_child_restarts_total", process="write") == 1
+    assert metric(samples, "relay_child_restarts_total", process="verify") == 0
 
 
 async def test_verify_process_checks_each_signature_in_order() -> None:
@@ -245,6 +249,8 @@ async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
     forged = keys.sign(content="forged")
     forged["sig"] = keys.sign(content="other")["sig"]
     assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
+    samples = await scrape(process.port)
+    assert metric(samples, "relay_child_restarts_total", process="verify") == 1
 
 
 IN_FLIGHT = 20

@@ -557,6 +557,7 @@ def test_environment_values_are_converted_and_unrelated_variables_ignored() -> N
         ("[server]\nport = true\n", {}, "port"),
         ("[info]\nname = 5\n", {}, "name"),
         ("[server]\nport = 65536\n", {}, "port"),
+        ("[server]\nmetrics_port = 65536\n", {}, "metrics_port"),
         ("port = -1\n", {}, "port"),
         ("[storage]\nsynchronous = 'OFF'\n", {}, "synchronous"),
         ("", {"RELAY_PORT": "eighty"}, "port"),
@@ -642,12 +643,17 @@ def test_file_that_is_not_a_database_exits_with_a_readable_error(tmp_path: Path)
     assert db.read_text(encoding="utf-8") == "not a database\n" * 500
 
 
-def test_port_in_use_exits_with_a_readable_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken_by", ["relay", "metrics"])
+def test_port_in_use_exits_with_a_readable_error(tmp_path: Path, taken_by: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        result = run_relay("--port", str(port), "--db", "relay.sqlite", cwd=tmp_path, within=8)
+        port = str(taken.getsockname()[1])
+        if taken_by == "relay":
+            args, env = ["--port", port], {}
+        else:
+            args, env = ["--port", "0"], {"RELAY_METRICS_PORT": port}
+        result = run_relay(*args, "--db", "relay.sqlite", cwd=tmp_path, env=env, within=8)
     assert result.returncode != 0
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr

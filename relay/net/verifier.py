@@ -35,6 +35,11 @@ class SignatureVerifier:
         except ChildStartError as error:
             raise OSError(f"cannot start the verify process: {error}") from error
 
+    @property
+    def process_restarts(self) -> int:
+        """Times the verify process was started again after it died."""
+        return 0 if self._process is None else self._process.restarts
+
     async def verify(self, event: Event) -> bool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relay.core.event import Event
 from relay.store.base import EventStore, SaveOutcome
@@ -17,6 +17,8 @@ from relay.store.base import EventStore, SaveOutcome
 log = logging.getLogger("relay.writer")
 
 Pending = tuple[Event, "asyncio.Future[SaveOutcome]"]
+# Called after each commit with its outcomes and the seconds it took (metrics, figures).
+CommitHook = Callable[[Sequence[SaveOutcome], float], None]
 
 
 class WriterClosed(Exception):
@@ -36,6 +38,7 @@ class Writer:
         max_in_flight: int = 2,
         purge_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -44,6 +47,7 @@ class Writer:
         self.max_in_flight = max_in_flight
         self.purge_interval = purge_interval
         self.clock = clock
+        self.on_commit = on_commit
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -116,6 +120,7 @@ class Writer:
 
     async def _commit(self, batch: list[Pending]) -> None:
         now = int(self.clock())
+        started = time.perf_counter()
         try:
             outcomes = await self.store.save_many([event for event, _ in batch], now)
         except Exception as exc:
@@ -130,6 +135,8 @@ class Writer:
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+        if self.on_commit is not None:
+            self.on_commit(outcomes, time.perf_counter() - started)
 
     def _until_purge(self) -> float | None:
         if self.purge_interval <= 0:
