@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.app import run
+from relay.app import is_postgres_url, run
 from relay.config import ConfigError, Settings, load
 from relay.core import canonical
 from relay.core.errors import ClientError
@@ -37,7 +37,12 @@ from relay.transfer import (
 def _add_database_options(parser: argparse.ArgumentParser, default: Any) -> None:
     # A subcommand repeats these with SUPPRESS as default, so that `relay --db x export`
     # and `relay export --db x` both work and one does not reset the other.
-    parser.add_argument("--db", default=default, help="SQLite database file (./relay.sqlite)")
+    parser.add_argument(
+        "--db",
+        default=default,
+        help="SQLite database file (./relay.sqlite), or a PostgreSQL URL "
+        "(postgresql://user@host/dbname)",
+    )
     parser.add_argument("--config", default=default, help="TOML configuration file")
     parser.add_argument(
         "--log-level", default=default, help="DEBUG, INFO, WARNING or ERROR (default INFO)"
@@ -134,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """export / import / backup: exit 2 for a bad argument, 1 when the work failed."""
+    """export / import / backup / sync: exit 2 for a bad argument, 1 when the work failed."""
+    if is_postgres_url(settings.db):
+        # They read and write SQLite files; PostgreSQL has pg_dump and pg_restore.
+        print(f"relay {args.command}: works on a SQLite database only", file=sys.stderr)
+        return 2
     try:
         if args.command == "export":
             return export_command(settings, args.filter)

@@ -41,6 +41,7 @@ from relay.core.session import (
 )
 from relay.core.write_policy import Source
 from relay.net.outbox import Flusher, Outbox, OutboxMeter
+from relay.net.verifier import SignatureCheckFailed
 from relay.store.base import QueryTimeout, TooManyItems
 
 log = logging.getLogger("relay.connection")
@@ -130,10 +131,10 @@ class ClientConnection:
             sender.cancel()
 
     def settled(self, quiet: float) -> bool:
-        """Every frame read is answered and sent, and none came in the last `quiet` s."""
+        """Every frame read is answered and sent, and none came in the last `quiet` s.
+        Stored results still streaming are not waited for: they acknowledge nothing."""
         return (
             not self._in_flight
-            and not self._queries
             and self.outbox.idle
             and time.monotonic() - self.last_frame_at >= quiet
         )
@@ -212,6 +213,8 @@ class ClientConnection:
         verified: bool | None
         try:
             verified = await self.services.verify(event)
+        except SignatureCheckFailed:
+            verified = None  # the verify process died; it logged that once
         except Exception:
             log.exception("could not check AUTH %s from %s", event.id, self.peer)
             verified = None
