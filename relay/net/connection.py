@@ -32,6 +32,7 @@ from relay.core.session import (
     OpenNegentropy,
     QueryFailure,
     Reconcile,
+    Refused,
     Send,
     Session,
     StartCount,
@@ -77,6 +78,8 @@ class RelayServices(Protocol):
     ) -> list[tuple[int, bytes]]: ...
 
     def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer: ...
+
+    def refused(self, what: str, reason: str) -> None: ...
 
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None: ...
 
@@ -165,6 +168,8 @@ class ClientConnection:
         for action in actions:
             if isinstance(action, Send):
                 self.outbox.put_many(action.frames)
+            elif isinstance(action, Refused):
+                self.services.refused(action.what, action.reason)
             elif isinstance(action, Watch):
                 self.services.watch(self, action.sub_id, action.filters)
             elif isinstance(action, Unwatch):

@@ -367,6 +367,13 @@ class RelayServer:
         self.metrics.authenticated(valid)
         return valid
 
+    def refused(self, what: str, reason: str) -> None:
+        """An EVENT or AUTH the session refused before the pipeline saw it."""
+        if what == "auth":
+            self.metrics.authenticated(False)
+        else:
+            self.metrics.event_refused(reason)
+
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None:
         self.subscriptions.add(owner, sub_id, filters, int(time.time()))
         self.metrics.subscription_opened()
