@@ -159,6 +159,11 @@ class PostgresStore:
             server_settings=reader_settings,
         )
 
+    def intact(self) -> bool:
+        """Open: the database lives on its server, which reports failures as failed commits
+        (the writer's health), not as a file gone from under it."""
+        return self._writer is not None
+
     async def close(self) -> None:
         for pool in (self._readers, self._writer):
             if pool is not None:
