@@ -17,7 +17,8 @@ def assert_cors(response: HttpResponse) -> None:
     assert response.headers.get("access-control-allow-origin") == "*"
     assert response.headers.get("access-control-allow-headers")
     methods = {m.strip() for m in response.headers["access-control-allow-methods"].split(",")}
-    assert {"GET", "OPTIONS"} <= methods
+    # POST: NIP-86 management calls from a browser.
+    assert {"GET", "POST", "OPTIONS"} <= methods
 
 
 async def test_information_document_with_nostr_accept_header(relay: RelayServer) -> None:

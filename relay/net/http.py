@@ -21,7 +21,8 @@ from relay.net.metrics import Metrics
 CORS_HEADERS = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Allow-Headers", "*"),
-    ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+    # POST: NIP-86 management calls from a browser-based admin client.
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
 )
 RELAY_PATHS = frozenset({"/", ""})
 LANDING_TEXT = (
