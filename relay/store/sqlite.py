@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 from pathlib import Path
@@ -228,33 +229,38 @@ class SqliteStore:
         owner = object() if owner is None else owner
         return await self.read(lambda db: sqlite_reads.count(db, matchable, now), owner)
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T], owner: Hashable) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T], owner: Hashable | None = None) -> T:
         """Run `fn` on a reader, which `owner` gets in its fair turn: one slice.
 
         Cancelled while it waits, the slice never runs. Cancelled while it runs, SQLite is
         interrupted, and the reader goes back to the pool only once its thread has left
-        the statement, so the next slice does not queue behind the abandoned one.
+        `fn`, so the next slice does not queue behind the abandoned one.
         """
+        owner = object() if owner is None else owner
         reader = await self._pool.acquire(owner)
-        stop = _Slice(fn, self.query_timeout)
-        job = asyncio.ensure_future(run_on_connection(reader, stop.run))
-        job.add_done_callback(lambda done: self._slice_ended(done, stop, owner, reader))
+        job = _Slice(fn, self.query_timeout)
         try:
-            return await asyncio.shield(job)
+            result = await run_on_connection(reader, job.run)
         except asyncio.CancelledError:
-            if not job.done():
-                stop.cancel(reader)
+            loop = asyncio.get_running_loop()
+            job.abandon(
+                reader,
+                on_loop=lambda: self._slice_abandoned(job, owner, reader),
+                on_thread=lambda: loop.call_soon_threadsafe(
+                    self._slice_abandoned, job, owner, reader
+                ),
+            )
             raise
+        except BaseException:
+            self._pool.release(owner, reader)
+            raise
+        self._pool.release(owner, reader)
+        return result
 
-    def _slice_ended(
-        self,
-        job: asyncio.Future[Any],
-        stop: _Slice[Any],
-        owner: Hashable,
-        reader: aiosqlite.Connection,
+    def _slice_abandoned(
+        self, job: _Slice[Any], owner: Hashable, reader: aiosqlite.Connection
     ) -> None:
-        # Nobody awaits a cancelled slice's result; asyncio.shield has taken its exception.
-        if stop.cancelled and not job.cancelled() and isinstance(job.exception(), SliceInterrupted):
+        if job.interrupted:
             self.interrupted += 1
         self._pool.release(owner, reader)
 
@@ -272,23 +278,52 @@ class SliceInterrupted(Exception):
 
 
 class _Slice(Generic[T]):
-    """One slice on a reader's thread, stoppable from the event loop (`cancel`) and by
+    """One slice on a reader's thread, stoppable from the event loop (`abandon`) and by
     query_timeout: SQLite's progress handler looks at both every PROGRESS_STEPS steps."""
 
     def __init__(self, fn: Callable[[sqlite3.Connection], T], timeout: float | None) -> None:
         self.fn = fn
         self.timeout = timeout
         self.cancelled = False
+        self.interrupted = False  # stopped inside SQLite because it was cancelled
+        # Whether the thread has left `fn`, and what it must call then if abandoned:
+        # decided under the lock, so the reader is released exactly once.
+        self._lock = threading.Lock()
+        self._finished = False
+        self._then: Callable[[], object] | None = None
 
-    def cancel(self, reader: aiosqlite.Connection) -> None:
-        self.cancelled = True
-        # Stops the running statement at once (thread-safe); the progress handler stops
-        # one that starts after this call, which interrupt() alone would let run.
-        reader._conn.interrupt()
+    def abandon(
+        self,
+        reader: aiosqlite.Connection,
+        on_loop: Callable[[], object],
+        on_thread: Callable[[], object],
+    ) -> None:
+        """The awaiting task was cancelled: stop SQLite, and hand the reader back (call
+        `on_loop` now when the thread is done with it, else `on_thread` from the thread
+        once it has left `fn`)."""
+        with self._lock:
+            self.cancelled = True
+            if not self._finished:
+                self._then = on_thread
+                # Stops the running statement at once (thread-safe); the progress handler
+                # stops one that starts after this call, which interrupt() would let run.
+                reader._conn.interrupt()
+                return
+        on_loop()
 
     def run(self, db: sqlite3.Connection) -> T:
-        if self.cancelled:
-            raise SliceInterrupted("cancelled before it started")
+        try:
+            if self.cancelled:
+                raise SliceInterrupted("cancelled before it started")
+            return self._bounded(db)
+        finally:
+            with self._lock:
+                self._finished = True
+                then = self._then
+            if then is not None:
+                then()
+
+    def _bounded(self, db: sqlite3.Connection) -> T:
         timeout = self.timeout
         if timeout is None:
             db.set_progress_handler(lambda: self.cancelled, PROGRESS_STEPS)
@@ -303,6 +338,7 @@ class _Slice(Generic[T]):
             if "interrupt" not in str(exc):
                 raise
             if self.cancelled:
+                self.interrupted = True
                 raise SliceInterrupted("cancelled while it ran") from exc
             raise QueryTimeout(f"query ran longer than {timeout}s") from exc
         finally:
