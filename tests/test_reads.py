@@ -160,6 +160,24 @@ async def test_writes_between_pages_neither_repeat_nor_reorder(tmp_path: Path) -
         await store.close()
 
 
+async def test_events_deleted_between_pages_are_not_sent(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.sqlite", synchronous="OFF")
+    await store.open()
+    try:
+        notes = [signed(KEYS[0], 1, NOW - n, None, f"note {n}") for n in range(20)]
+        await store.save_many(notes, NOW)
+        # One event a page (page_bytes=1): the second page reads ten keys ahead.
+        pages = store.query_pages([Filter(kinds=frozenset({1}))], NOW, page_bytes=1)
+        seen = [*await anext(pages), *await anext(pages)]
+        deletion = signed(KEYS[0], 5, NOW, [["e", notes[3].id], ["e", notes[4].id]])
+        await store.save_many([deletion], NOW)
+        seen += [raw async for page in pages for raw in page]
+        kept = [e.raw for n, e in enumerate(notes) if n not in (3, 4)]
+        assert seen == kept
+    finally:
+        await store.close()
+
+
 def big_events(groups: int, per_group: int, size: int) -> list[Event]:
     """`groups` kinds of `per_group` events of about `size` bytes each."""
     rng = random.Random(3)
@@ -267,6 +285,28 @@ async def test_cancelling_a_running_read_interrupts_sqlite(one_reader: SqliteSto
     # The only reader serves the next read: the endless statement was stopped inside SQLite.
     assert await store.count([Filter()], NOW, owner="victim") == 0
     assert store.interrupted == 1
+
+
+async def test_a_cancelled_read_holds_its_reader_until_its_thread_is_done(
+    one_reader: SqliteStore,
+) -> None:
+    store = one_reader
+    gate = Gate()  # busy in Python, where no interrupt reaches: the thread goes on
+    running = await gate.hold(store, "a")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    ran: list[str] = []
+    following = asyncio.create_task(store.read(lambda db: ran.append("next"), "b"))
+    await asyncio.sleep(0)
+    # The reader's thread is still inside the abandoned slice: nobody else gets it yet.
+    assert store._pool.free == 0
+    assert store._pool.waiting == 1
+    assert ran == []
+    gate.opened.set()
+    await following
+    assert ran == ["next"]
+    assert store.interrupted == 0  # it ended by itself, not inside SQLite
 
 
 @pytest.mark.timeout(60)
