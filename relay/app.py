@@ -7,17 +7,38 @@ import logging
 import signal
 from pathlib import Path
 
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.net.server import RelayServer
+from relay.store.base import EventStore
 from relay.store.sqlite import SqliteStore
 
 log = logging.getLogger("relay")
 
 
-def build_relay(settings: Settings) -> RelayServer:
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def build_store(settings: Settings) -> EventStore:
+    """PostgreSQL for a postgresql:// URL, else SQLite in the file at that path."""
+    if is_postgres_url(settings.db):
+        try:
+            # Imported only here: asyncpg is the optional `postgres` extra.
+            from relay.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                "a PostgreSQL database needs asyncpg: "
+                f"pip install 'pyrelay-nostr[postgres]' ({exc})"
+            ) from exc
+        return PostgresStore(
+            settings.db,
+            readers=settings.readers,
+            query_timeout=settings.query_timeout,
+            search=settings.search_enabled,
+        )
     db = Path(settings.db).expanduser().absolute()
     db.parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(
+    return SqliteStore(
         db,
         readers=settings.readers,
         synchronous=settings.synchronous.upper(),
@@ -25,7 +46,10 @@ def build_relay(settings: Settings) -> RelayServer:
         search=settings.search_enabled,
         write_process=settings.write_process,
     )
-    return RelayServer(settings, store)
+
+
+def build_relay(settings: Settings) -> RelayServer:
+    return RelayServer(settings, build_store(settings))
 
 
 async def run(settings: Settings) -> None:

@@ -1,16 +1,50 @@
-"""The `relay` command: `relay --port 7447 --db ./relay.sqlite --config relay.toml`."""
+"""The `relay` command: `relay --port 7447 --db ./relay.sqlite --config relay.toml` serves;
+`relay export`, `relay import` and `relay backup PATH` work on the same database (the
+same --db / --config / RELAY_* settings), whether or not a relay is running on it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from relay import __version__
-from relay.app import run
-from relay.config import ConfigError, load
+from relay.app import is_postgres_url, run
+from relay.config import ConfigError, Settings, load
+from relay.core import canonical
+from relay.core.errors import ClientError
+from relay.core.filters import Filter, parse_filter
+from relay.store.sqlite import SqliteStore
+from relay.transfer import (
+    ImportReport,
+    ImportRules,
+    Progress,
+    backup,
+    export_events,
+    import_events,
+    open_read_only,
+)
+
+
+def _add_database_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    # A subcommand repeats these with SUPPRESS as default, so that `relay --db x export`
+    # and `relay export --db x` both work and one does not reset the other.
+    parser.add_argument(
+        "--db",
+        default=default,
+        help="SQLite database file (./relay.sqlite), or a PostgreSQL URL "
+        "(postgresql://user@host/dbname)",
+    )
+    parser.add_argument("--config", default=default, help="TOML configuration file")
+    parser.add_argument(
+        "--log-level", default=default, help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -20,10 +54,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 7447)")
-    parser.add_argument("--db", help="SQLite database file (default ./relay.sqlite)")
-    parser.add_argument("--config", help="TOML configuration file")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    _add_database_options(parser, None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{export,import,backup}")
+    export = commands.add_parser(
+        "export", help="write the stored events to stdout, one JSON event per line"
+    )
+    export.add_argument("--filter", help="one NIP-01 filter as JSON, e.g. '{\"kinds\":[1]}'")
+    imports = commands.add_parser(
+        "import",
+        help="store the events read from stdin (or FILE), one JSON event per line",
+        description="Exit code 0 when no line was invalid (malformed, forged or expired).",
+    )
+    imports.add_argument("file", nargs="?", help="read this file instead of stdin")
+    imports.add_argument("--no-progress", action="store_true", help="no progress line")
+    copy = commands.add_parser("backup", help="copy the database, consistent while it is in use")
+    copy.add_argument("path", help="the copy to write (must not exist)")
+    for sub in (export, imports, copy):
+        _add_database_options(sub, argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -47,13 +95,20 @@ def install_fast_loop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {"host": args.host, "port": args.port, "db": args.db, "log_level": args.log_level}
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "db": args.db,
+        "log_level": args.log_level,
+    }
     try:
         settings = load(args.config, overrides)
     except ConfigError as error:
         print(f"relay: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command is not None:
+        return run_command(args, settings)
     install_fast_loop()
     try:
         asyncio.run(run(settings))
@@ -64,4 +119,110 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         logging.getLogger("relay").error("cannot start: %s", error)
         return 1
+    return 0
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    """export / import / backup: exit 2 for a bad argument, 1 when the work failed."""
+    if is_postgres_url(settings.db):
+        # They read and write SQLite files; PostgreSQL has pg_dump and pg_restore.
+        print(f"relay {args.command}: works on a SQLite database only", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "export":
+            return export_command(settings, args.filter)
+        if args.command == "import":
+            return import_command(settings, args.file, progress=not args.no_progress)
+        return backup_command(settings, args.path)
+    except ValueError as error:  # a bad --filter
+        print(f"relay {args.command}: {error}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as error:
+        print(f"relay {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def parse_filter_argument(text: str | None) -> Filter | None:
+    if text is None:
+        return None
+    try:
+        return parse_filter(canonical.loads(text))
+    except canonical.JSONDecodeError:
+        raise ValueError("--filter is not valid JSON") from None
+    except ClientError as error:
+        raise ValueError(f"--filter: {error.reason}") from None
+
+
+def export_command(settings: Settings, filter_text: str | None) -> int:
+    export_filter = parse_filter_argument(filter_text)
+    try:
+        count = export_events(settings.db, sys.stdout.buffer, export_filter, int(time.time()))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        # `relay export | head`: the reader left; that is not an error of ours.
+        sys.stderr.close()
+        return 0
+    print(f"relay export: {count:,} events", file=sys.stderr)
+    return 0
+
+
+def import_command(settings: Settings, file: str | None, progress: bool) -> int:
+    rules = ImportRules(settings.public_url(settings.port), settings.vanish_enabled)
+    stream = sys.stdin.buffer if file in (None, "-") else open(file, "rb")  # noqa: SIM115
+    try:
+        Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+        search = keeps_search_index(settings)
+        shown = Progress.for_terminal(stream, sys.stderr) if progress else None
+        report = asyncio.run(_import(settings, search, stream, rules, shown))
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    print(f"relay import: {report.summary()}", file=sys.stderr)
+    return 1 if report.invalid else 0
+
+
+def keeps_search_index(settings: Settings) -> bool:
+    """Whether the database keeps its NIP-50 index: opening the store with the other
+    setting would build or drop it under a running relay, so an import keeps what is."""
+    if not Path(settings.db).expanduser().is_file():
+        return settings.search_enabled
+    db = open_read_only(settings.db)
+    try:
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'events_fts_insert'"
+        ).fetchone()
+    finally:
+        db.close()
+    return found is not None
+
+
+async def _import(
+    settings: Settings,
+    search: bool,
+    stream: Any,
+    rules: ImportRules,
+    progress: Progress | None,
+) -> ImportReport:
+    # Writes on a thread of this process: the same transaction code as the write process.
+    store = SqliteStore(
+        settings.db,
+        readers=1,
+        synchronous=settings.synchronous.upper(),
+        search=search,
+        write_process=False,
+    )
+    await store.open()
+    try:
+        return await import_events(store, stream, rules, ImportReport(), progress)
+    finally:
+        await store.close()
+
+
+def backup_command(settings: Settings, path: str) -> int:
+    result = backup(settings.db, path)
+    print(
+        f"relay backup: {result.events:,} events, {result.size / 1e6:,.1f} MB -> {path}"
+        f" (quick_check {result.check})",
+        file=sys.stderr,
+    )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -48,7 +49,13 @@ class Settings:
     query_timeout: float = 10.0
     # Signature checks in a child process instead of on threads that wait for the GIL.
     verify_process: bool = True
+    # Prometheus metrics at /metrics: on the relay's own port, or on metrics_host and
+    # metrics_port when either is set (0 with a host: a free port), to keep them private.
+    metrics_enabled: bool = True
+    metrics_host: str = ""
+    metrics_port: int = 0
     # storage
+    # A SQLite file, or a postgresql:// URL (relay/store/postgres.py).
     db: str = "./relay.sqlite"
     readers: int = 2
     synchronous: str = "FULL"
@@ -77,14 +84,36 @@ class Settings:
     max_filter_values: int = DEFAULT_LIMITS.max_filter_values
     max_req_results: int = DEFAULT_LIMITS.max_req_results
     min_pow_difficulty: int = DEFAULT_LIMITS.min_pow_difficulty
+    max_live_entries: int = DEFAULT_LIMITS.max_live_entries
+    max_queries_in_flight: int = DEFAULT_LIMITS.max_queries_in_flight
+    max_held_bytes: int = DEFAULT_LIMITS.max_held_bytes
+    max_neg_sessions: int = DEFAULT_LIMITS.max_neg_sessions
+    max_neg_items: int = DEFAULT_LIMITS.max_neg_items
+    # Events in all negentropy sets held at once (72 bytes each).
+    max_neg_items_total: int = 4_000_000
+    # Relay-wide budgets. Live filter entries of all connections together (a REQ past it
+    # is CLOSED "restricted: ..."), and bytes of stored results read but not yet written
+    # to sockets (a query past it waits for others' results to drain).
+    max_live_entries_total: int = 2_000_000
+    max_result_bytes_in_flight: int = 64 * 1024 * 1024
+    # A stored-event query is read in pages of at most this many events or bytes; between
+    # pages other connections' queries get the readers, and the query waits while the
+    # client's outbox holds more than a page.
+    query_page_events: int = 500
+    query_page_bytes: int = 256 * 1024
     # rate limits: token buckets, refill per second and burst size (rate 0: no limit)
-    event_rate_per_ip: float = 0.0
-    event_burst_per_ip: int = 20
+    # Defaults fit a public relay: a person's client stays far below them, a flood does not.
+    event_rate_per_ip: float = 10.0
+    event_burst_per_ip: int = 100
     event_rate_per_pubkey: float = 0.0
     event_burst_per_pubkey: int = 20
-    req_rate_per_connection: float = 0.0
-    req_burst_per_connection: int = 20
-    max_connections_per_ip: int = 0
+    req_rate_per_connection: float = 10.0
+    req_burst_per_connection: int = 50
+    max_connections_per_ip: int = 64
+    # Client addresses (CIDR) the rates and the per-IP connection cap do not apply to:
+    # the single user on their own machine. Behind a reverse proxy on the same host, set
+    # trusted_proxy_header, or every client would come from here.
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # The header a trusted reverse proxy puts the client address in; "" trusts none.
     trusted_proxy_header: str = ""
     # policy
@@ -113,10 +142,18 @@ class Settings:
     # (bench/README.md); operators who want NIP-50 switch it on.
     search_enabled: bool = False
     vanish_enabled: bool = True
+    # NIP-77 negentropy sync; a session idle this many seconds is closed.
+    negentropy_enabled: bool = True
+    neg_idle_seconds: float = 60.0
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""
         return self.relay_url or f"ws://{self.host}:{port}/"
+
+    @property
+    def metrics_apart(self) -> bool:
+        """Metrics on a listener of their own rather than on the relay's port."""
+        return self.metrics_enabled and bool(self.metrics_host or self.metrics_port)
 
     def auth_policy(self, port: int) -> AuthPolicy:
         return AuthPolicy(
@@ -253,6 +290,16 @@ AT_LEAST_ONE = (
     "event_burst_per_ip",
     "event_burst_per_pubkey",
     "req_burst_per_connection",
+    "max_live_entries",
+    "max_queries_in_flight",
+    "max_held_bytes",
+    "max_neg_sessions",
+    "max_neg_items",
+    "max_neg_items_total",
+    "max_live_entries_total",
+    "max_result_bytes_in_flight",
+    "query_page_events",
+    "query_page_bytes",
 )
 
 
@@ -265,6 +312,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("synchronous must be FULL, EXTRA or NORMAL")
     if not 0 <= settings.port <= 65535:
         raise ConfigError("port must be from 0 to 65535")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigError("metrics_port must be from 0 to 65535")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"
@@ -288,6 +337,11 @@ def _validate_abuse_settings(settings: Settings) -> None:
             raise ConfigError(f"write_policies: {entry!r} is not module:function")
     if settings.plugin_fallback not in ("reject", "accept"):
         raise ConfigError("plugin_fallback must be reject or accept")
+    for cidr in settings.rate_limit_exempt:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"rate_limit_exempt: {cidr!r} is not an address or network") from None
     if not 0 <= settings.min_pow_difficulty <= 256:
         raise ConfigError("min_pow_difficulty must be from 0 to 256")
     for name in FIELD_TYPES:

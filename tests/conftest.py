@@ -9,58 +9,96 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relay.app import build_store
 from relay.config import Settings
 from relay.net.server import RelayServer
 from relay.store.base import EventStore
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 from tests.nostr import Client, Keys
+from tests.pg import schema_url
 
 RelayFactory = Callable[..., Awaitable[RelayServer]]
 START_WITHIN = 15.0  # seconds a relay process may take to listen
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+# Test modules whose relay-level tests run on PostgreSQL too (see relay_backend).
+POSTGRES_RELAY_MODULES = {
+    "test_protocol",
+    "test_deletion",
+    "test_count",
+    "test_vanish",
+    "test_search",
+}
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    """Each storage backend in turn: the reference MemoryStore and SqliteStore."""
-    backend: EventStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
-    )
+    """Each storage backend in turn: the reference MemoryStore, SqliteStore and
+    PostgresStore (in a throwaway schema)."""
+    if request.param == "postgres":
+        async with schema_url() as url:
+            backend: EventStore = PostgresStore(url, readers=1)
+            await backend.open()
+            yield backend
+            await backend.close()
+        return
+    backend = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite")
     await backend.open()
     yield backend
     await backend.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "relay_backend" in metafunc.fixturenames and module in POSTGRES_RELAY_MODULES:
+        metafunc.parametrize("relay_backend", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-async def start_relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
+def relay_backend(request: pytest.FixtureRequest) -> str:
+    """The store under the relays of start_relay: SQLite, or in the modules of
+    POSTGRES_RELAY_MODULES each test once more on PostgreSQL."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def start_relay(tmp_path: Path, relay_backend: str) -> AsyncIterator[RelayFactory]:
     """Start relays with given settings on 127.0.0.1:0; all are stopped afterwards."""
     started: list[RelayServer] = []
+    async with AsyncExitStack() as stack:
+        db = str(tmp_path / "relay.sqlite")
+        if relay_backend == "postgres":
+            db = await stack.enter_async_context(schema_url())
 
-    async def factory(**overrides: Any) -> RelayServer:
-        # In-process relays write and check signatures on threads: a child process each
-        # would add about 0.2 s per test. RelayProcess and test_child_processes.py run the
-        # default child processes.
-        base = Settings(
-            host="127.0.0.1", port=0, db=str(tmp_path / "relay.sqlite"), verify_process=False
-        )
-        settings = replace(base, **overrides)
-        relay = RelayServer(
-            settings, SqliteStore(settings.db, synchronous="NORMAL", search=settings.search_enabled)
-        )
-        await relay.start()
-        started.append(relay)
-        return relay
+        async def factory(**overrides: Any) -> RelayServer:
+            # In-process relays write and check signatures on threads: a child process
+            # each would add about 0.2 s per test. RelayProcess and
+            # test_child_processes.py run the default child processes.
+            base = Settings(host="127.0.0.1", port=0, db=db, verify_process=False)
+            settings = replace(base, **overrides)
+            store = (
+                build_store(settings)
+                if relay_backend == "postgres"
+                else SqliteStore(settings.db, synchronous="NORMAL", search=settings.search_enabled)
+            )
+            relay = RelayServer(settings, store)
+            await relay.start()
+            started.append(relay)
+            return relay
 
-    yield factory
-    for relay in started:
-        if relay.accepting:
-            await relay.stop()
+        yield factory
+        for relay in started:
+            if relay.accepting:
+                await relay.stop()
 
 
 @pytest.fixture
@@ -112,9 +150,14 @@ class RelayProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def db_arg(self) -> str:
+        """The relay's --db."""
+        return str(self.db)
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            relay_command("--host", "127.0.0.1", "--port", str(self.port), "--db", str(self.db)),
+            relay_command("--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_arg),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -61,18 +61,29 @@ class RawClient:
         async with asyncio.timeout(timeout):
             while True:
                 try:
-                    first, second = await self.reader.readexactly(2)
+                    frame = await self._read_frame()
                 except asyncio.IncompleteReadError:
                     return frames
-                length = second & 0x7F
-                if length == 126:
-                    (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-                elif length == 127:
-                    (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-                payload = await self.reader.readexactly(length)
-                frames.append((first & 0x0F, payload))
-                if first & 0x0F == 0x8:
+                frames.append(frame)
+                if frame[0] == 0x8:
                     return frames
+
+    async def read_json(self, timeout: float = 10.0) -> Any:
+        """The next text frame, decoded."""
+        async with asyncio.timeout(timeout):
+            while True:
+                opcode, payload = await self._read_frame()
+                if opcode == 0x1:
+                    return orjson.loads(payload)
+
+    async def _read_frame(self) -> tuple[int, bytes]:
+        first, second = await self.reader.readexactly(2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return first & 0x0F, await self.reader.readexactly(length)
 
     def close(self) -> None:
         self.writer.close()

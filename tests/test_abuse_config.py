@@ -78,11 +78,13 @@ def test_lists_and_numbers_from_the_environment() -> None:
     assert settings.write_policies == ()
 
 
-def test_defaults_leave_rates_and_lists_off() -> None:
+def test_defaults_fit_a_public_relay_and_leave_lists_off() -> None:
     settings = load(None, {}, {})
-    assert settings.event_rate_per_ip == settings.event_rate_per_pubkey == 0.0
-    assert settings.req_rate_per_connection == 0.0
-    assert settings.max_connections_per_ip == 0
+    assert (settings.event_rate_per_ip, settings.event_burst_per_ip) == (10.0, 100)
+    assert (settings.req_rate_per_connection, settings.req_burst_per_connection) == (10.0, 50)
+    assert settings.max_connections_per_ip == 64
+    assert settings.rate_limit_exempt == ("127.0.0.0/8", "::1/128")
+    assert settings.event_rate_per_pubkey == 0.0
     assert settings.pubkey_allowlist == ()
     assert settings.kind_denylist == ()
     assert settings.trusted_proxy_header == ""

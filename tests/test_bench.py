@@ -55,3 +55,22 @@ def test_quick_bench_prints_a_number_for_every_measure(tmp_path: Path) -> None:
         assert row in rows, f"missing row {row!r} in:\n{result.stdout}"
         assert re.match(r"[\d,.]+", rows[row]), f"{row}: {rows[row]!r}"
     assert "baselines skipped" in result.stdout
+
+
+def test_quick_matching_bench_prints_a_row_for_every_set() -> None:
+    """`python -m bench.matching --quick`: each set measured, with a number in every cell."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.matching", "--quick", "--repeat", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| attack")]
+    rows += [line for line in result.stdout.splitlines() if "ordinary subscribers" in line]
+    assert len(rows) == 5, result.stdout
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2] == "now", row
+        assert all(re.fullmatch(r"[\d,.]+", cell) for cell in (cells[1], *cells[3:])), row

@@ -17,8 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from relay.core.errors import MessageError
 from relay.core.limits import Limits
-from relay.core.messages import ReqMessage, refusal
-from relay.core.session import Session
+from relay.core.session import Send, Session, SessionPolicy, read_frame
 from tests.conftest import RelayProcess
 from tests.nostr import Keys
 
@@ -121,26 +120,22 @@ frames = st.one_of(
 
 @settings(max_examples=600, deadline=None)
 @given(frame=frames)
-def test_parser_answers_every_frame_with_a_message_or_a_client_error(frame: str) -> None:
-    session = Session(Limits(max_message_length=65536))
-    try:
-        message = session.receive(frame)
-    except MessageError as error:
-        reply = orjson.loads(refusal(error))
-        assert reply[0] in ("OK", "CLOSED", "NOTICE")
-        # Never `error:`: that is the answer to a bug of ours.
-        assert reply[-1].split(": ", 1)[0] in ("invalid", "unsupported")
-        return
-    if isinstance(message, ReqMessage):
-        with suppress(MessageError):
-            session.open(message)
+def test_session_answers_every_frame_with_actions_never_an_exception(frame: str) -> None:
+    session = Session(SessionPolicy(limits=Limits(max_message_length=65536)))
+    for action in session.receive(frame, 1_700_000_000.0):
+        if not isinstance(action, Send):
+            continue
+        for reply in map(orjson.loads, action.frames):
+            assert reply[0] in ("OK", "CLOSED", "NOTICE")
+            # Never `error:`: that is the answer to a bug of ours.
+            assert reply[-1].split(": ", 1)[0] in ("invalid", "unsupported")
 
 
 @settings(max_examples=100, deadline=None)
 @given(frame=st.binary(max_size=200))
 def test_parser_takes_any_bytes(frame: bytes) -> None:
     with suppress(MessageError):
-        Session(Limits()).receive(frame)
+        read_frame(frame, Limits())
 
 
 # --- the live server -----------------------------------------------------------------------

@@ -74,10 +74,29 @@ def test_refilled_buckets_are_forgotten() -> None:
 
 
 # --- the running relay ---------------------------------------------------------------------
+# These relays exempt no address: by default 127.0.0.1 (every test client) is exempt.
+
+
+async def test_loopback_is_exempt_by_default(start_relay: RelayFactory) -> None:
+    """The single user on their own machine never meets the public relay's rates."""
+    relay = await start_relay(
+        event_rate_per_ip=0.001,
+        event_burst_per_ip=1,
+        req_rate_per_connection=0.001,
+        req_burst_per_connection=1,
+        max_connections_per_ip=1,
+    )
+    first = await Client.connect(url_of(relay))
+    second = await Client.connect(url_of(relay))
+    for n in range(3):
+        assert (await first.publish(Keys().sign(content=str(n))))[2] is True
+        assert await second.req(f"s{n}", {"kinds": [1], "limit": 0}) == []
+    await first.close()
+    await second.close()
 
 
 async def test_events_per_ip(start_relay: RelayFactory) -> None:
-    relay = await start_relay(event_rate_per_ip=0.001, event_burst_per_ip=3)
+    relay = await start_relay(event_rate_per_ip=0.001, event_burst_per_ip=3, rate_limit_exempt=())
     burst = relay.settings.event_burst_per_ip
     first = await Client.connect(url_of(relay))
     second = await Client.connect(url_of(relay))  # same IP: the same bucket
@@ -128,7 +147,9 @@ async def test_bad_signatures_do_not_spend_a_pubkeys_bucket(
 
 
 async def test_reqs_per_connection(start_relay: RelayFactory) -> None:
-    relay = await start_relay(req_rate_per_connection=0.001, req_burst_per_connection=3)
+    relay = await start_relay(
+        req_rate_per_connection=0.001, req_burst_per_connection=3, rate_limit_exempt=()
+    )
     burst = relay.settings.req_burst_per_connection
     client = await Client.connect(url_of(relay))
     for n in range(burst):
@@ -144,7 +165,7 @@ async def test_reqs_per_connection(start_relay: RelayFactory) -> None:
 
 
 async def test_connections_per_ip_refused_with_429(start_relay: RelayFactory) -> None:
-    relay = await start_relay(max_connections_per_ip=2)
+    relay = await start_relay(max_connections_per_ip=2, rate_limit_exempt=())
     cap = relay.settings.max_connections_per_ip
     clients = [await Client.connect(url_of(relay)) for _ in range(cap)]
     upgrade = {
@@ -169,7 +190,9 @@ async def test_connections_per_ip_refused_with_429(start_relay: RelayFactory) ->
 
 
 async def test_trusted_proxy_header_names_the_client(start_relay: RelayFactory) -> None:
-    relay = await start_relay(max_connections_per_ip=1, trusted_proxy_header="X-Forwarded-For")
+    relay = await start_relay(
+        max_connections_per_ip=1, trusted_proxy_header="X-Forwarded-For", rate_limit_exempt=()
+    )
     url = url_of(relay)
     # Behind a proxy every client comes from 127.0.0.1; the header tells them apart.
     a = await Client.connect(
@@ -185,7 +208,7 @@ async def test_trusted_proxy_header_names_the_client(start_relay: RelayFactory) 
 
 
 async def test_proxy_header_ignored_unless_configured(start_relay: RelayFactory) -> None:
-    relay = await start_relay(max_connections_per_ip=1)
+    relay = await start_relay(max_connections_per_ip=1, rate_limit_exempt=())
     url = url_of(relay)
     a = await Client.connect(url, additional_headers={"X-Forwarded-For": "198.51.100.1"})
     assert {c.ip for c in relay.connections} == {"127.0.0.1"}

@@ -1,25 +1,48 @@
-"""Per-connection session, the live-subscription index, write policy and NIP-11, without I/O."""
+"""The connection's state machine (core/session.py), write policy and NIP-11, without I/O."""
 
 from __future__ import annotations
 
 import json
-from itertools import combinations
 from typing import Any
 
+import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import relay
+from relay.core.auth import AuthPolicy
 from relay.core.errors import ClientError, Invalid, MessageError
-from relay.core.event import Event
+from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter, parse_filter
 from relay.core.limits import Limits
-from relay.core.messages import CloseMessage, EventMessage, ReqMessage, refusal
+from relay.core.messages import CloseMessage, ReqMessage, refusal
+from relay.core.negentropy import NegentropyServer, Storage
 from relay.core.nip11 import RelayInfo, information_document
 from relay.core.policy import check_write, default_write_checks
-from relay.core.session import Session
-from relay.core.subscriptions import SubscriptionIndex
+from relay.core.ratelimit import RateLimiter
+from relay.core.session import (
+    COUNT_DISABLED,
+    EVENT_RATE,
+    HELD_OVERFLOW,
+    NEG_BUSY,
+    NEG_IDLE,
+    NEG_PENDING,
+    Action,
+    Authenticate,
+    CancelQuery,
+    Ingest,
+    OpenNegentropy,
+    QueryFailure,
+    Reconcile,
+    Send,
+    Session,
+    SessionPolicy,
+    SharedBudget,
+    StartCount,
+    StartQuery,
+    Unwatch,
+    Watch,
+    read_frame,
+)
 from tests.nostr import Keys
 
 IDS = ["01" * 32, "02" * 32, "03" * 32]
@@ -49,207 +72,170 @@ def close_frame(sub_id: str) -> str:
     return json.dumps(["CLOSE", sub_id], ensure_ascii=False, separators=(",", ":"))
 
 
-# --- Session.receive: the size limit is in bytes ----------------------------------------
+# --- the connection's state machine: frames and results in, actions out ------------------
+
+WALL = float(NOW)
 
 
-def test_receive_parses_within_the_limit() -> None:
-    session = Session(Limits())
-    assert session.receive('["CLOSE","s"]') == CloseMessage("s")
-    assert session.receive(b'["CLOSE","s"]') == CloseMessage("s")
+def session_with(**limits: Any) -> Session:
+    return Session(SessionPolicy(limits=Limits(**limits)))
+
+
+def receive(session: Session, message: list[Any]) -> list[Action]:
+    return session.receive(json.dumps(message, ensure_ascii=False), WALL)
+
+
+def replies(actions: list[Action]) -> list[list[Any]]:
+    """The frames the actions send, decoded, in order."""
+    return [json.loads(frame) for a in actions if isinstance(a, Send) for frame in a.frames]
+
+
+def only_reply(actions: list[Action]) -> list[Any]:
+    (reply,) = replies(actions)
+    return reply
+
+
+def query_of(actions: list[Action]) -> StartQuery:
+    (start,) = [a for a in actions if isinstance(a, StartQuery)]
+    return start
+
+
+def stored(n: int, kind: int = 1, pubkey: str = PUBKEYS[0]) -> list[bytes]:
+    """Stored event JSON, newest first, as the store hands it over."""
+    return [
+        orjson.dumps(
+            {
+                "id": f"{i:016x}" * 4,
+                "pubkey": pubkey,
+                "created_at": 100 - i,
+                "kind": kind,
+                "tags": [],
+                "content": "",
+                "sig": SIG,
+            }
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def live_event(i: int, kind: int = 1, tags: list[list[str]] | None = None) -> Event:
+    raw = orjson.dumps(
+        {
+            "id": f"{i:016x}" * 4,
+            "pubkey": PUBKEYS[0],
+            "created_at": 200,
+            "kind": kind,
+            "tags": tags or [],
+            "content": "",
+            "sig": SIG,
+        }
+    )
+    return event_from_raw(raw)
+
+
+def open_sub(session: Session, sub_id: str, *filters: dict[str, Any]) -> StartQuery:
+    return query_of(receive(session, ["REQ", sub_id, *(filters or ({},))]))
+
+
+# --- read_frame: the size limit is in bytes -------------------------------------------
+
+
+def test_read_frame_parses_within_the_limit() -> None:
+    assert read_frame('["CLOSE","s"]', Limits()) == CloseMessage("s")
+    assert read_frame(b'["CLOSE","s"]', Limits()) == CloseMessage("s")
 
 
 @pytest.mark.parametrize("as_bytes", [False, True])
-def test_receive_exactly_at_the_limit(as_bytes: bool) -> None:
+def test_read_frame_exactly_at_the_limit(as_bytes: bool) -> None:
     text = '["CLOSE","s"]'
     padded = text + " " * (40 - len(text))
-    session = Session(Limits(max_message_length=40))
-    assert session.receive(padded.encode() if as_bytes else padded) == CloseMessage("s")
+    frame = padded.encode() if as_bytes else padded
+    assert read_frame(frame, Limits(max_message_length=40)) == CloseMessage("s")
 
 
 @pytest.mark.parametrize("as_bytes", [False, True])
-def test_receive_one_byte_over_the_limit(as_bytes: bool) -> None:
+def test_read_frame_one_byte_over_the_limit(as_bytes: bool) -> None:
     text = '["CLOSE","s"]'
     padded = text + " " * (41 - len(text))
-    session = Session(Limits(max_message_length=40))
     with pytest.raises(MessageError) as info:
-        session.receive(padded.encode() if as_bytes else padded)
+        read_frame(padded.encode() if as_bytes else padded, Limits(max_message_length=40))
     error = info.value
     assert (error.prefix, error.event_id, error.sub_id) == ("invalid", None, None)
-    assert error.message == "message is longer than 40 bytes"
     assert json.loads(refusal(error)) == ["NOTICE", "invalid: message is longer than 40 bytes"]
 
 
-def test_receive_size_is_checked_before_parsing() -> None:
+def test_read_frame_size_is_checked_before_parsing() -> None:
     """An oversized EVENT is refused for its size, not parsed (and not correlated)."""
-    session = Session(Limits(max_message_length=20))
     with pytest.raises(MessageError, match="longer than 20 bytes") as info:
-        session.receive(b'["EVENT",{"id":"' + b"a" * 64 + b'"}]')
+        read_frame(b'["EVENT",{"id":"' + b"a" * 64 + b'"}]', Limits(max_message_length=20))
     assert info.value.event_id is None
 
 
-def test_receive_multibyte_str_within_the_byte_limit() -> None:
-    frame = close_frame("é" * 4)  # 16 characters, 20 bytes
-    assert (len(frame), len(frame.encode())) == (16, 20)
-    session = Session(Limits(max_message_length=20))
-    assert session.receive(frame) == CloseMessage("é" * 4)
+@pytest.mark.parametrize(
+    ("frame", "fits"),
+    [
+        (close_frame("é" * 4), True),  # 16 characters, 20 bytes
+        (close_frame("é" * 10), False),  # 22 characters, 32 bytes
+        (close_frame("é" * 8).encode(), False),  # 28 bytes
+        (close_frame("✓" * 8), False),  # 20 characters, 36 bytes
+        (close_frame("🎉" * 8), False),  # 20 characters, 44 bytes
+    ],
+)
+def test_read_frame_counts_utf8_bytes(frame: str | bytes, fits: bool) -> None:
+    limits = Limits(max_message_length=20)
+    if fits:
+        assert isinstance(read_frame(frame, limits), CloseMessage)
+    else:
+        with pytest.raises(MessageError, match="longer than 20 bytes"):
+            read_frame(frame, limits)
 
 
-def test_receive_multibyte_str_over_the_limit_in_characters_too() -> None:
-    frame = close_frame("é" * 10)  # 22 characters, 32 bytes
-    session = Session(Limits(max_message_length=20))
-    with pytest.raises(MessageError, match="longer than 20 bytes"):
-        session.receive(frame)
-
-
-def test_receive_multibyte_bytes_are_counted_as_bytes() -> None:
-    frame = close_frame("é" * 8).encode()  # 28 bytes
-    with pytest.raises(MessageError, match="longer than 20 bytes"):
-        Session(Limits(max_message_length=20)).receive(frame)
-
-
-@pytest.mark.parametrize("char", ["é", "✓", "🎉"])
-def test_receive_str_over_the_limit_in_bytes_only(char: str) -> None:
-    frame = close_frame(char * 8)  # 20 characters, 28 to 44 bytes
-    assert len(frame) == 20
-    assert len(frame.encode()) > 20
-    with pytest.raises(MessageError, match="longer than 20 bytes"):
-        Session(Limits(max_message_length=20)).receive(frame)
-
-
-def test_receive_oversized_str_with_lone_surrogate_is_a_message_error() -> None:
-    frame = '["CLOSE","' + "\ud800" * 30 + '"]'
+@pytest.mark.parametrize("frame", ['["CLOSE","' + "\ud800" * 30 + '"]', '["CLOSE","\ud800"]'])
+def test_read_frame_lone_surrogate_is_a_message_error(frame: str) -> None:
     with pytest.raises(MessageError):
-        Session(Limits(max_message_length=20)).receive(frame)
+        read_frame(frame, Limits(max_message_length=20 if len(frame) > 20 else 100))
 
 
-def test_receive_lone_surrogate_within_the_limit_is_a_message_error() -> None:
-    with pytest.raises(MessageError, match="not valid JSON"):
-        Session(Limits()).receive('["CLOSE","\ud800"]')
+def test_a_frame_over_the_limit_gets_a_notice_and_the_session_goes_on() -> None:
+    session = session_with(max_message_length=40)
+    assert only_reply(receive(session, ["CLOSE", "x" * 50])) == [
+        "NOTICE",
+        "invalid: message is longer than 40 bytes",
+    ]
+    assert receive(session, ["CLOSE", "s"]) == []
 
 
-def test_receive_signed_event() -> None:
+def test_binary_frame_gets_a_notice() -> None:
+    reply = only_reply(session_with().receive(b'["REQ","s",{}]', WALL))
+    assert reply[0] == "NOTICE"
+    assert reply[1].startswith("invalid: ")
+
+
+def test_signed_event_is_handed_to_ingest() -> None:
     obj = Keys().sign(created_at=NOW)
-    message = Session(Limits()).receive(json.dumps(["EVENT", obj]))
-    assert isinstance(message, EventMessage)
-    assert message.event.to_dict() == obj
+    (action,) = receive(session_with(), ["EVENT", obj])
+    assert isinstance(action, Ingest)
+    assert action.event.to_dict() == obj
+    assert only_reply(session_with().ingested(obj["id"], True, "")) == ["OK", obj["id"], True, ""]
 
 
-def test_receive_returns_typed_messages() -> None:
-    session = Session(Limits())
-    assert isinstance(session.receive('["REQ","s",{}]'), ReqMessage)
-    with pytest.raises(MessageError):
-        session.receive('["EVENT",{}]')
-    assert session.subscriptions == {}  # receive() parses; open() registers
+def test_bad_event_gets_ok_false_with_its_id() -> None:
+    obj = {**Keys().sign(created_at=NOW), "content": "changed"}
+    assert only_reply(receive(session_with(), ["EVENT", obj]))[:3] == ["OK", obj["id"], False]
 
 
-# --- Session.open / close -------------------------------------------------------------
+# --- REQ: watch first, then the query; limits and clamping --------------------------
 
 
-def test_open_registers_and_returns_the_filters() -> None:
-    session = Session(Limits())
-    filters = session.open(req("s", {"kinds": [1], "limit": 3}, {"authors": [PUBKEYS[0]]}))
-    assert filters == (
-        Filter(kinds=frozenset([1]), limit=3),
-        Filter(authors=frozenset([PUBKEYS[0]]), limit=500),
+def test_req_watches_then_queries_with_clamped_filters() -> None:
+    session = session_with(max_limit=10, default_limit=4)
+    actions = receive(session, ["REQ", "s", {"kinds": [1], "limit": 50}, {"authors": [PUBKEYS[0]]}])
+    filters = (
+        Filter(kinds=frozenset([1]), limit=10),
+        Filter(authors=frozenset([PUBKEYS[0]]), limit=4),
     )
-    assert session.subscriptions == {"s": filters}
-
-
-def assert_closed_with(error: MessageError, sub_id: str, prefix: str) -> None:
-    assert (error.prefix, error.event_id, error.sub_id) == (prefix, None, sub_id)
-    assert json.loads(refusal(error))[:2] == ["CLOSED", sub_id]
-    assert json.loads(refusal(error))[2].startswith(f"{prefix}: ")
-
-
-def test_subscription_id_at_max_length() -> None:
-    session = Session(Limits(max_subid_length=8))
-    session.open(req("x" * 8))
-    assert "x" * 8 in session.subscriptions
-
-
-def test_subscription_id_length_counts_characters() -> None:
-    """NIP-01: a subscription id is a string of max length 64 chars."""
-    session = Session(Limits())
-    session.open(req("é" * 64))
-    session.open(req("🎉" * 64))
-    assert len(session.subscriptions) == 2
-
-
-def test_subscription_id_over_max_length() -> None:
-    session = Session(Limits(max_subid_length=8))
-    with pytest.raises(MessageError) as info:
-        session.open(req("x" * 9))
-    assert_closed_with(info.value, "x" * 9, "invalid")
-    assert info.value.message == "subscription id is longer than 8"
-    assert session.subscriptions == {}
-
-
-def test_filters_at_max_count() -> None:
-    session = Session(Limits(max_filters=3))
-    assert len(session.open(req("s", {}, {}, {}))) == 3
-
-
-def test_filters_over_max_count() -> None:
-    session = Session(Limits(max_filters=3))
-    with pytest.raises(MessageError) as info:
-        session.open(req("s", {}, {}, {}, {}))
-    assert_closed_with(info.value, "s", "invalid")
-    assert info.value.message == "a REQ may hold at most 3 filters"
-    assert session.subscriptions == {}
-
-
-def test_max_subscriptions() -> None:
-    session = Session(Limits(max_subscriptions=2))
-    session.open(req("a"))
-    session.open(req("b"))
-    with pytest.raises(MessageError) as info:
-        session.open(req("c"))
-    assert_closed_with(info.value, "c", "restricted")
-    assert info.value.message == "at most 2 open subscriptions"
-    assert set(session.subscriptions) == {"a", "b"}
-
-
-def test_replacing_a_subscription_is_not_a_new_one() -> None:
-    session = Session(Limits(max_subscriptions=2))
-    session.open(req("a", {"kinds": [1]}))
-    session.open(req("b"))
-    replaced = session.open(req("a", {"kinds": [2]}))
-    assert session.subscriptions == {"a": replaced, "b": session.subscriptions["b"]}
-    assert replaced == (Filter(kinds=frozenset([2]), limit=500),)
-
-
-def test_closing_frees_a_slot() -> None:
-    session = Session(Limits(max_subscriptions=1))
-    session.open(req("a"))
-    assert session.close("a") is True
-    session.open(req("b"))
-    assert set(session.subscriptions) == {"b"}
-
-
-def test_close_returns_whether_it_was_open() -> None:
-    session = Session(Limits())
-    assert session.close("nope") is False
-    session.open(req("s"))
-    assert session.close("s") is True
-    assert session.close("s") is False
-    assert session.subscriptions == {}
-
-
-def test_subscription_ids_are_case_and_byte_exact() -> None:
-    session = Session(Limits())
-    session.open(req("Sub"))
-    assert session.close("sub") is False
-    assert session.close("Sub ") is False
-    assert session.close("Sub") is True
-
-
-def test_refused_replacement_does_not_leave_the_old_subscription_open() -> None:
-    session = Session(Limits(max_filters=2))
-    session.open(req("s", {"kinds": [1]}))
-    with pytest.raises(MessageError) as info:
-        session.open(req("s", {}, {}, {}))
-    assert info.value.sub_id == "s"
-    assert "s" not in session.subscriptions
+    assert actions == [Watch("s", filters), StartQuery(1, filters)]
+    assert session.subscriptions["s"].filters == filters
 
 
 @pytest.mark.parametrize(
@@ -257,286 +243,315 @@ def test_refused_replacement_does_not_leave_the_old_subscription_open() -> None:
     [(None, 500), (0, 0), (1, 1), (499, 499), (5000, 5000), (5001, 5000), (2**63 - 1, 5000)],
 )
 def test_limit_clamping(limit: int | None, expected: int) -> None:
-    session = Session(Limits(max_limit=5000, default_limit=500))
-    (f,) = session.open(ReqMessage("s", (Filter(kinds=frozenset([1]), limit=limit),)))
-    assert f.limit == expected
-    assert f == Filter(kinds=frozenset([1]), limit=expected)
-
-
-def test_default_limit_is_itself_clamped() -> None:
-    session = Session(Limits(max_limit=10, default_limit=100))
-    assert session.open(req("s", {}))[0].limit == 10
-
-
-def test_limit_clamped_per_filter() -> None:
-    session = Session(Limits(max_limit=10, default_limit=4))
-    filters = session.open(req("s", {"limit": 50}, {}, {"limit": 0}, {"limit": 7}))
-    assert [f.limit for f in filters] == [10, 4, 0, 7]
+    session = session_with(max_limit=5000, default_limit=500)
+    filter_obj: dict[str, Any] = {"kinds": [1]} if limit is None else {"kinds": [1], "limit": limit}
+    receive(session, ["REQ", "s", filter_obj])
+    assert session.subscriptions["s"].filters == (Filter(kinds=frozenset([1]), limit=expected),)
 
 
 def test_clamping_keeps_every_condition() -> None:
     obj = {"ids": [IDS[0]], "authors": [PUBKEYS[1]], "kinds": [3], "#e": ["x"], "since": 1}
-    (f,) = Session(Limits(max_limit=2)).open(req("s", {**obj, "until": 9, "limit": 99}))
-    assert f == parse_filter({**obj, "until": 9, "limit": 2})
+    session = session_with(max_limit=2)
+    receive(session, ["REQ", "s", {**obj, "until": 9, "limit": 99}])
+    assert session.subscriptions["s"].filters == (parse_filter({**obj, "until": 9, "limit": 2}),)
 
 
-def test_sessions_are_independent() -> None:
-    one, two = Session(Limits(max_subscriptions=1)), Session(Limits(max_subscriptions=1))
-    one.open(req("s"))
-    two.open(req("s"))
-    assert one.close("s") is True
-    assert "s" in two.subscriptions
-
-
-def test_receive_then_open() -> None:
-    session = Session(Limits(max_subscriptions=1, max_limit=3))
-    message = session.receive('["REQ","feed",{"kinds":[1],"limit":10}]')
-    assert isinstance(message, ReqMessage)
-    assert session.open(message) == (Filter(kinds=frozenset([1]), limit=3),)
-
-
-# --- SubscriptionIndex ----------------------------------------------------------------
-
-
-def index_with(*subs: tuple[str, str, tuple[dict[str, Any], ...]]) -> SubscriptionIndex[str]:
-    index: SubscriptionIndex[str] = SubscriptionIndex()
-    for owner, sub_id, filters in subs:
-        index.add(owner, sub_id, tuple(parse_filter(f) for f in filters))
-    return index
+def test_limit_zero_sends_eose_at_once_and_goes_live() -> None:
+    session = session_with()
+    actions = receive(session, ["REQ", "s", {"kinds": [1], "limit": 0}])
+    assert [type(a) for a in actions] == [Watch, Send]
+    assert replies(actions) == [["EOSE", "s"]]
+    frame = session.live("s", live_event(1), private=False)
+    assert frame is not None
+    assert json.loads(frame)[:2] == ["EVENT", "s"]
 
 
 @pytest.mark.parametrize(
-    ("obj", "hit", "miss"),
+    ("limits", "message", "prefix", "text"),
     [
-        ({"ids": [IDS[0]]}, {"id": IDS[0]}, {"id": IDS[1]}),
-        ({"authors": [PUBKEYS[1]]}, {"pubkey": PUBKEYS[1]}, {"pubkey": PUBKEYS[0]}),
-        ({"kinds": [7]}, {"kind": 7}, {"kind": 1}),
-        ({"#e": ["x"]}, {"tags": [["e", "x"]]}, {"tags": [["e", "y"]]}),
-        ({"#e": ["x"]}, {"tags": [["p", "y"], ["e", "x", "wss://r"]]}, {"tags": [["E", "x"]]}),
-        ({"#t": ["x"]}, {"tags": [["t", "y"], ["t", "x"]]}, {"tags": [["t"], ["x", "t"]]}),
-        ({"since": 5}, {"created_at": 5}, {"created_at": 4}),
-        ({"until": 5}, {"created_at": 5}, {"created_at": 6}),
-        ({}, {"kind": 65535}, None),
+        (
+            {"max_subid_length": 8},
+            ["REQ", "x" * 9, {}],
+            "invalid",
+            "subscription id is longer than 8",
+        ),
+        (
+            {"max_filters": 3},
+            ["REQ", "s", {}, {}, {}, {}],
+            "invalid",
+            "a REQ may hold at most 3 filters",
+        ),
+        (
+            {"max_filter_values": 2},
+            ["REQ", "s", {"kinds": [1, 2, 3]}],
+            "invalid",
+            "kinds holds more than 2 values",
+        ),
+        ({}, ["REQ", "s", {"search": "x"}], "unsupported", "search is not enabled on this relay"),
     ],
 )
-def test_index_matches_by_each_field(
-    obj: dict[str, Any], hit: dict[str, Any], miss: dict[str, Any] | None
+def test_req_refusals_close_with_their_prefix(
+    limits: dict[str, int], message: list[Any], prefix: str, text: str
 ) -> None:
-    index = index_with(("c1", "s", (obj,)))
-    assert index.matching(make_event(**hit)) == {("c1", "s")}
-    if miss is not None:
-        assert index.matching(make_event(**miss)) == set()
+    session = session_with(**limits)
+    actions = receive(session, message)
+    assert replies(actions) == [["CLOSED", message[1], f"{prefix}: {text}"]]
+    assert not any(isinstance(a, (Watch, StartQuery)) for a in actions)
+    assert session.subscriptions == {}
 
 
-def test_index_checks_every_condition_not_just_the_indexed_one() -> None:
-    index = index_with(
-        ("c", "ids", ({"ids": [IDS[0]], "kinds": [2]},)),
-        ("c", "authors", ({"authors": [PUBKEYS[0]], "#e": ["x"]},)),
-        ("c", "tags", ({"#e": ["x"], "#p": ["y"]},)),
-        ("c", "kinds", ({"kinds": [1], "until": 4},)),
-    )
-    event = make_event(id=IDS[0], pubkey=PUBKEYS[0], kind=1, created_at=5, tags=[["e", "x"]])
-    assert index.matching(event) == {("c", "authors")}
+def test_subscription_ids_count_characters_and_are_exact() -> None:
+    session = session_with()
+    open_sub(session, "é" * 64)
+    open_sub(session, "Sub")
+    assert receive(session, ["CLOSE", "sub"]) == []
+    assert set(session.subscriptions) == {"é" * 64, "Sub"}
 
 
-def test_index_several_filters_are_or() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]}, {"authors": [PUBKEYS[1]]}, {"#t": ["n"]})))
-    assert index.matching(make_event(kind=1)) == {("c", "s")}
-    assert index.matching(make_event(kind=2, pubkey=PUBKEYS[1])) == {("c", "s")}
-    assert index.matching(make_event(kind=2, tags=[["t", "n"]])) == {("c", "s")}
-    assert index.matching(make_event(kind=2)) == set()
-
-
-def test_index_reports_a_subscription_once_even_if_several_filters_match() -> None:
-    index = index_with(("c", "s", ({}, {"kinds": [1]}, {"ids": [IDS[0]]}, {"#e": ["x", "y"]})))
-    event = make_event(tags=[["e", "x"], ["e", "y"], ["e", "x"]])
-    assert index.matching(event) == {("c", "s")}
-
-
-def test_index_owners_and_sub_ids() -> None:
-    index = index_with(
-        ("c1", "s", ({"kinds": [1]},)),
-        ("c2", "s", ({"kinds": [1]},)),
-        ("c1", "t", ({"kinds": [2]},)),
-        ("c2", "u", ({},)),
-    )
-    assert len(index) == 4
-    assert index.matching(make_event(kind=1)) == {("c1", "s"), ("c2", "s"), ("c2", "u")}
-    assert index.matching(make_event(kind=2)) == {("c1", "t"), ("c2", "u")}
-
-
-def test_index_filters_that_cannot_match_are_never_returned() -> None:
-    index = index_with(
-        ("c", "empty-ids", ({"ids": []},)),
-        ("c", "empty-tag", ({"#e": []},)),
-        ("c", "window", ({"since": 9, "until": 1},)),
-    )
-    assert len(index) == 3
-    assert index.matching(make_event(tags=[["e", "x"]])) == set()
-
-
-def test_index_add_replaces_the_filters() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]},)), ("c", "s", ({"kinds": [2]},)))
-    assert len(index) == 1
-    assert index.matching(make_event(kind=1)) == set()
-    assert index.matching(make_event(kind=2)) == {("c", "s")}
-
-
-def test_index_remove() -> None:
-    index = index_with(("c", "s", ({"kinds": [1]},)), ("c", "t", ({"kinds": [1]},)))
-    index.remove("c", "s")
-    assert index.matching(make_event(kind=1)) == {("c", "t")}
-    index.remove("c", "s")  # unknown: no error
-    index.remove("other", "t")  # another owner's id: untouched
-    assert len(index) == 1
-
-
-def test_index_remove_owner() -> None:
-    index = index_with(
-        ("c1", "a", ({},)),
-        ("c1", "b", ({"kinds": [1]},)),
-        ("c2", "a", ({},)),
-    )
-    index.remove_owner("c1", ["a", "b", "never-opened"])
-    assert len(index) == 1
-    assert index.matching(make_event(kind=1)) == {("c2", "a")}
-
-
-def test_index_leaves_no_empty_buckets() -> None:
-    index = index_with(
-        ("c", "a", ({"ids": IDS}, {"authors": PUBKEYS}, {"#e": ["x", "y"]}, {"kinds": [1, 2]})),
-        ("c", "b", ({}, {}, {"kinds": [1]})),
-    )
-    index.matching(make_event(tags=[["e", "x"]]))
-    index.remove_owner("c", ["a", "b"])
-    assert len(index) == 0
-    assert not index._buckets
-
-
-TAG_NAMES = ["e", "p", "t", "E"]
-VALUES = ["a", "b", "c"]
-
-
-def subsets(items: list[Any]) -> list[frozenset[Any]]:
-    """Every non-empty subset, then the empty one, which matches nothing."""
-    return [frozenset(c) for n in range(1, len(items) + 1) for c in combinations(items, n)] + [
-        frozenset()
+def test_max_subscriptions_and_closing_frees_a_slot() -> None:
+    session = session_with(max_subscriptions=2)
+    open_sub(session, "a")
+    open_sub(session, "b")
+    assert only_reply(receive(session, ["REQ", "c", {}])) == [
+        "CLOSED",
+        "c",
+        "restricted: at most 2 open subscriptions",
     ]
+    receive(session, ["CLOSE", "a"])
+    open_sub(session, "c")
+    assert set(session.subscriptions) == {"b", "c"}
 
 
-@st.composite
-def filters_st(draw: st.DrawFn) -> Filter:
-    """Filters spread evenly over the field the index files them under (ids, then authors,
-    then a tag, then kinds, else catch-all): each field is absent when a more selective one
-    must not be there, present when it leads, and random below the lead."""
-    lead = draw(st.sampled_from(["*", "kind", "tag", "author", "id"]))
-    rank = ["*", "kind", "tag", "author", "id"].index(lead)
-
-    def field(level: int, options: list[Any]) -> Any:
-        if level > rank:
-            return None
-        if level == rank:
-            return draw(st.sampled_from(options))
-        return draw(st.sampled_from([None, *options]))
-
-    tag_count = 0 if rank < 2 else draw(st.integers(1 if rank == 2 else 0, 2))
-    tags = draw(
-        st.dictionaries(
-            st.sampled_from(TAG_NAMES),
-            st.sampled_from(subsets(VALUES)),
-            min_size=tag_count,
-            max_size=tag_count,
-        )
-    )
-    times = [None, None, *range(7)]
-    return Filter(
-        ids=field(4, subsets(IDS)),
-        authors=field(3, subsets(PUBKEYS)),
-        kinds=field(1, subsets([0, 1, 30000])),
-        tags=tuple(sorted(tags.items())),
-        since=draw(st.sampled_from(times)),
-        until=draw(st.sampled_from(times)),
-    )
+# --- ordering rules -------------------------------------------------------------------
 
 
-# Mostly indexable (name, value) pairs; then tags no `#x` filter can match, and a longer one.
-tag_st = st.sampled_from(
-    [[name, value] for name in TAG_NAMES for value in VALUES]
-    + [["e"], ["alt", "a"], ["ee", "a"], ["", "a"], ["a", "e"], ["e", "a", "extra"]]
-)
-events_st = st.builds(
-    make_event,
-    id=st.sampled_from(IDS),
-    pubkey=st.sampled_from(PUBKEYS),
-    created_at=st.integers(0, 6),
-    kind=st.sampled_from([0, 1, 30000]),
-    tags=st.lists(tag_st, max_size=4),
-)
+def test_live_events_are_held_back_until_eose() -> None:
+    session = session_with()
+    query = open_sub(session, "s", {"kinds": [1]})
+    pages = stored(3)
+    early, late = live_event(900), live_event(901)
+    assert session.live("s", early, private=False) is None
+    assert replies(session.query_page(query.query_id, pages[:2])) == [
+        ["EVENT", "s", json.loads(raw)] for raw in pages[:2]
+    ]
+    assert session.live("s", late, private=False) is None
+    session.query_page(query.query_id, pages[2:])
+    assert replies(session.query_done(query.query_id)) == [
+        ["EOSE", "s"],
+        ["EVENT", "s", early.to_dict()],
+        ["EVENT", "s", late.to_dict()],
+    ]
+    after = session.live("s", live_event(902), private=False)
+    assert after is not None
+    assert json.loads(after)[2]["id"] == f"{902:016x}" * 4
 
 
-@st.composite
-def event_for(draw: st.DrawFn, f: Filter) -> Event:
-    """An event meant to pass `f`, where it can: a random event rarely reaches a tag bucket."""
-
-    def pick(options: list[Any], wanted: frozenset[Any] | None) -> Any:
-        return draw(st.sampled_from(sorted(wanted) if wanted else options))
-
-    low, high = f.since or 0, 6 if f.until is None else f.until
-    tags = [[name, pick(VALUES, values)] for name, values in f.tags]
-    return make_event(
-        id=pick(IDS, f.ids),
-        pubkey=pick(PUBKEYS, f.authors),
-        created_at=draw(st.integers(low, high)) if low <= high else low,
-        kind=pick([0, 1, 30000], f.kinds),
-        tags=draw(st.permutations(tags + draw(st.lists(tag_st, max_size=2)))),
-    )
+def test_a_held_event_already_sent_as_stored_is_not_sent_again() -> None:
+    """A page may see a commit before its broadcast reaches the session."""
+    session = session_with()
+    query = open_sub(session, "s", {"kinds": [1]})
+    event = live_event(7)
+    session.query_page(query.query_id, [event.raw])
+    assert session.live("s", event, private=False) is None
+    assert replies(session.query_done(query.query_id)) == [["EOSE", "s"]]
 
 
-owners_st = st.sampled_from(["c1", "c2"])
-sub_ids_st = st.sampled_from(["s1", "s2", "s3"])
-operations_st = st.lists(
-    st.tuples(st.just("add"), owners_st, sub_ids_st, st.lists(filters_st(), min_size=1, max_size=3))
-    | st.tuples(st.just("remove"), owners_st, sub_ids_st)
-    | st.tuples(st.just("remove_owner"), owners_st),
-    max_size=8,
-)
+def test_a_replaced_req_ends_the_old_query_and_its_pages_are_dropped() -> None:
+    session = session_with()
+    old = open_sub(session, "s", {"kinds": [1]})
+    actions = receive(session, ["REQ", "s", {"kinds": [2]}])
+    new = query_of(actions)
+    assert actions[:2] == [Unwatch("s"), CancelQuery(old.query_id)]
+    assert actions[2] == Watch("s", new.filters)
+    assert session.query_page(old.query_id, stored(2)) == []
+    assert session.query_done(old.query_id) == []
+    assert replies(session.query_done(new.query_id)) == [["EOSE", "s"]]
 
 
-@settings(max_examples=200, deadline=None)
-@given(operations=operations_st, events=st.lists(events_st, max_size=3), data=st.data())
-def test_index_matches_brute_force(
-    operations: list[tuple[Any, ...]], events: list[Event], data: st.DataObject
-) -> None:
-    """The index answers exactly what trying every filter of every subscription does."""
-    index: SubscriptionIndex[str] = SubscriptionIndex()
-    model: dict[tuple[str, str], list[Filter]] = {}
-    for op in operations:
-        if op[0] == "add":
-            _, owner, sub_id, filters = op
-            index.add(owner, sub_id, tuple(filters))
-            model[(owner, sub_id)] = filters
-        elif op[0] == "remove":
-            _, owner, sub_id = op
-            index.remove(owner, sub_id)
-            model.pop((owner, sub_id), None)
-        else:
-            _, owner = op
-            sub_ids = [s for o, s in model if o == owner]
-            index.remove_owner(owner, sub_ids)
-            for sub_id in sub_ids:
-                del model[(owner, sub_id)]
-    assert len(index) == len(model)
-    live = [f for filters in model.values() for f in filters]
-    if live:
-        targets = data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=3))
-        events = events + [data.draw(event_for(f)) for f in targets]
-    for event in events:
-        expected = {key for key, filters in model.items() if any(f.matches(event) for f in filters)}
-        assert index.matching(event) == expected
-    for owner in ("c1", "c2"):
-        index.remove_owner(owner, ["s1", "s2", "s3"])
-    assert len(index) == 0
-    assert not index._buckets
+def test_close_cancels_the_query_and_nothing_more_is_sent() -> None:
+    session = session_with()
+    query = open_sub(session, "s")
+    assert receive(session, ["CLOSE", "s"]) == [Unwatch("s"), CancelQuery(query.query_id)]
+    assert session.query_page(query.query_id, stored(1)) == []
+    assert session.query_done(query.query_id) == []
+    assert session.live("s", live_event(1), private=False) is None
+    assert receive(session, ["CLOSE", "s"]) == []
+
+
+def test_a_refused_replacement_ends_the_old_subscription() -> None:
+    session = session_with(max_filters=2)
+    old = open_sub(session, "s", {"kinds": [1]})
+    actions = receive(session, ["REQ", "s", {}, {}, {}])
+    assert actions[:2] == [Unwatch("s"), CancelQuery(old.query_id)]
+    assert replies(actions)[0][:2] == ["CLOSED", "s"]
+    assert session.subscriptions == {}
+
+
+def test_the_req_result_cap_cancels_the_query_and_sends_eose() -> None:
+    session = session_with(max_req_results=3)
+    query = open_sub(session, "s")
+    assert len(replies(session.query_page(query.query_id, stored(2)))) == 2
+    actions = session.query_page(query.query_id, stored(5)[2:])
+    assert CancelQuery(query.query_id) in actions
+    assert [r[0] for r in replies(actions)] == ["EVENT", "EOSE"]
+    assert session.queries == {}
+
+
+def test_a_failed_query_closes_its_subscription() -> None:
+    session = session_with()
+    query = open_sub(session, "s")
+    actions = session.query_failed(query.query_id, QueryFailure.TIMEOUT)
+    assert Unwatch("s") in actions
+    assert replies(actions) == [
+        ["CLOSED", "s", "error: the query took too long, narrow the filter"]
+    ]
+    assert session.subscriptions == {}
+
+
+def test_end_cancels_everything_and_returns_the_budgets() -> None:
+    shared = SharedBudget(100)
+    session = Session(SessionPolicy(), shared_entries=shared)
+    a = open_sub(session, "a", {"authors": PUBKEYS})
+    b = open_sub(session, "b", {"kinds": [1, 2]})
+    count = receive(session, ["COUNT", "c", {}])[0]
+    assert isinstance(count, StartCount)
+    assert shared.used == 5
+    actions = session.end()
+    assert set(actions) == {
+        Unwatch("a"),
+        Unwatch("b"),
+        CancelQuery(a.query_id),
+        CancelQuery(b.query_id),
+        CancelQuery(count.query_id),
+    }
+    assert (shared.used, session.entries, session.queries) == (0, 0, {})
+
+
+# --- budgets --------------------------------------------------------------------------
+
+
+def test_live_entries_budget_refuses_and_frees() -> None:
+    session = session_with(max_live_entries=5)
+    open_sub(session, "a", {"#t": ["1", "2", "3"]})
+    reply = only_reply(receive(session, ["REQ", "b", {"authors": PUBKEYS}]))
+    assert reply[:2] == ["CLOSED", "b"]
+    assert reply[2].startswith("restricted: ")
+    open_sub(session, "b", {"kinds": [1, 2]})
+    assert session.entries == 5
+    receive(session, ["CLOSE", "a"])
+    open_sub(session, "c", {"ids": IDS})
+    assert session.entries == 5
+
+
+def test_live_entries_budget_is_shared_by_the_relay() -> None:
+    shared = SharedBudget(4)
+    one = Session(SessionPolicy(), shared_entries=shared)
+    two = Session(SessionPolicy(), shared_entries=shared)
+    open_sub(one, "s", {"authors": PUBKEYS})
+    reply = only_reply(receive(two, ["REQ", "s", {"kinds": [1, 2]}]))
+    assert reply[:2] == ["CLOSED", "s"]
+    assert reply[2].startswith("restricted: ")
+    one.end()
+    open_sub(two, "s", {"kinds": [1, 2]})
+
+
+def test_queries_in_flight_budget_counts_req_and_count() -> None:
+    session = session_with(max_queries_in_flight=2)
+    open_sub(session, "a")
+    (count,) = receive(session, ["COUNT", "c1", {}])
+    assert isinstance(count, StartCount)
+    reply = only_reply(receive(session, ["COUNT", "c2", {}]))
+    assert reply == ["CLOSED", "c2", "rate-limited: at most 2 queries at once, wait for EOSE"]
+    assert only_reply(session.count_done(count.query_id, 7)) == ["COUNT", "c1", {"count": 7}]
+    assert isinstance(receive(session, ["COUNT", "c2", {}])[0], StartCount)
+
+
+def test_a_subscription_without_a_query_takes_no_query_budget() -> None:
+    session = session_with(max_queries_in_flight=1)
+    open_sub(session, "a")
+    actions = receive(session, ["REQ", "b", {"limit": 0}])
+    assert replies(actions) == [["EOSE", "b"]]
+
+
+def test_held_back_bytes_over_budget_close_the_subscription_at_eose() -> None:
+    event = live_event(1)
+    session = session_with(max_held_bytes=len(event.raw) * 2)
+    query = open_sub(session, "s")
+    for i in range(3):
+        session.live("s", live_event(i), private=False)
+    assert session.held_bytes == 0
+    actions = session.query_done(query.query_id)
+    assert Unwatch("s") in actions
+    assert replies(actions) == [["CLOSED", "s", HELD_OVERFLOW]]
+
+
+def test_req_rate_limit() -> None:
+    session = Session(SessionPolicy(req_rate=1.0, req_burst=2))
+    open_sub(session, "a")
+    open_sub(session, "b")
+    assert only_reply(receive(session, ["REQ", "c", {}]))[2].startswith("rate-limited: ")
+
+
+def test_event_rate_limit_per_ip_and_the_exemption() -> None:
+    limiter = RateLimiter(1.0, 1, clock=lambda: 0.0)
+    obj = Keys().sign(created_at=NOW)
+    limited = Session(SessionPolicy(), event_rate=limiter, ip="203.0.113.1")
+    assert isinstance(receive(limited, ["EVENT", obj])[0], Ingest)
+    assert only_reply(receive(limited, ["EVENT", obj]))[2:] == [False, EVENT_RATE]
+    exempt = Session(SessionPolicy(), event_rate=limiter, ip="127.0.0.1", rate_exempt=True)
+    assert isinstance(receive(exempt, ["EVENT", obj])[0], Ingest)
+
+
+def test_count_disabled() -> None:
+    session = Session(SessionPolicy(count_enabled=False))
+    assert only_reply(receive(session, ["COUNT", "c", {}])) == ["CLOSED", "c", COUNT_DISABLED]
+
+
+# --- auth and privacy -----------------------------------------------------------------
+
+
+AUTH_ON = AuthPolicy(enabled=True, relay_url="ws://relay.example/")
+
+
+def auth_event(keys: Keys, challenge: str, relay: str = "ws://relay.example/") -> dict[str, Any]:
+    tags = [["relay", relay], ["challenge", challenge]]
+    return keys.sign(kind=22242, created_at=NOW, tags=tags)
+
+
+def test_the_challenge_comes_first_and_auth_is_checked_before_the_signature() -> None:
+    session = Session(SessionPolicy(auth=AUTH_ON))
+    assert replies(session.start()) == [["AUTH", session.auth.challenge]]
+    keys = Keys()
+    wrong = auth_event(keys, "not-it")
+    assert only_reply(receive(session, ["AUTH", wrong]))[:3] == ["OK", wrong["id"], False]
+    right = auth_event(keys, session.auth.challenge)
+    (action,) = receive(session, ["AUTH", right])
+    assert isinstance(action, Authenticate)
+    assert only_reply(session.authenticated(action.event, True)) == ["OK", right["id"], True, ""]
+    assert session.auth.pubkeys == {keys.pubkey}
+
+
+def test_auth_with_a_bad_signature_or_our_failure() -> None:
+    session = Session(SessionPolicy(auth=AUTH_ON))
+    event = live_event(1, kind=22242)
+    assert only_reply(session.authenticated(event, False))[2:] == [False, "invalid: bad signature"]
+    assert only_reply(session.authenticated(event, None))[3].startswith("error: ")
+    assert session.auth.pubkeys == set()
+
+
+def test_dms_need_auth_and_reach_only_their_parties() -> None:
+    session = Session(SessionPolicy(auth=AUTH_ON))
+    actions = receive(session, ["REQ", "dm", {"kinds": [4]}])
+    assert [r[0] for r in replies(actions)] == ["AUTH", "CLOSED"]
+    assert replies(actions)[1][2].startswith("auth-required: ")
+    session.auth.pubkeys.add(PUBKEYS[1])
+    query = open_sub(session, "dm", {"kinds": [4]})
+    others = stored(2, kind=4, pubkey=PUBKEYS[0])
+    assert replies(session.query_page(query.query_id, others)) == []
+    session.query_done(query.query_id)
+    to_me = live_event(5, kind=4, tags=[["p", PUBKEYS[1]]])
+    assert session.live("dm", live_event(6, kind=4), private=True) is None
+    assert session.live("dm", to_me, private=True) is not None
 
 
 # --- write policy ---------------------------------------------------------------------
@@ -708,3 +723,57 @@ def test_information_document_is_fresh_each_time() -> None:
     second = information_document(RelayInfo(), Limits())
     assert 99 not in second["supported_nips"]
     assert second["limitation"]["max_limit"] == Limits().max_limit
+
+
+# --- NIP-77 negentropy ------------------------------------------------------------------
+
+
+def neg_open(session: Session, sub_id: str, flt: dict[str, Any] | None = None) -> OpenNegentropy:
+    (action,) = receive(session, ["NEG-OPEN", sub_id, flt or {}, "61"])
+    assert isinstance(action, OpenNegentropy)
+    return action
+
+
+def test_neg_open_loads_then_each_message_is_answered_in_turn() -> None:
+    session = session_with()
+    opened = neg_open(session, "n", {"kinds": [1]})
+    assert opened.filter == Filter(kinds=frozenset([1]))
+    server = NegentropyServer(Storage([]))
+    # A NEG-MSG before the set is loaded ends the session.
+    assert replies(receive(session, ["NEG-MSG", "n", "61"])) == [["NEG-ERR", "n", NEG_PENDING]]
+    assert session.neg_opened(opened.query_id, server, 0, b"\x61") == []
+    opened = neg_open(session, "n")
+    assert replies(session.neg_opened(opened.query_id, server, 0, b"\x61")) == [
+        ["NEG-MSG", "n", "61"]
+    ]
+    (reconcile,) = receive(session, ["NEG-MSG", "n", "61"])
+    assert isinstance(reconcile, Reconcile)
+    assert reconcile.server is server
+    assert replies(session.neg_answered(reconcile.query_id, b"\x61")) == [["NEG-MSG", "n", "61"]]
+    assert receive(session, ["NEG-CLOSE", "n"]) == []
+    assert session.negentropy == {}
+
+
+def test_neg_open_on_an_open_id_cancels_the_old_load() -> None:
+    session = session_with()
+    old = neg_open(session, "n")
+    actions = receive(session, ["NEG-OPEN", "n", {}, "61"])
+    assert actions[0] == CancelQuery(old.query_id)
+    assert isinstance(actions[1], OpenNegentropy)
+    assert session.neg_opened(old.query_id, NegentropyServer(Storage([])), 0, b"\x61") == []
+
+
+def test_negentropy_sets_share_the_relays_budget_and_idle_ones_end() -> None:
+    shared = SharedBudget(10)
+    policy = SessionPolicy(neg_idle_seconds=5)
+    one, two = Session(policy, shared_neg_items=shared), Session(policy, shared_neg_items=shared)
+    server = NegentropyServer(Storage([]))
+    first = neg_open(one, "a")
+    one.neg_opened(first.query_id, server, 8, b"\x61")
+    second = neg_open(two, "b")
+    assert replies(two.neg_opened(second.query_id, server, 8, b"\x61")) == [
+        ["NEG-ERR", "b", NEG_BUSY]
+    ]
+    assert one.tick(WALL + 1) == []
+    assert replies(one.tick(WALL + 6)) == [["NEG-ERR", "a", NEG_IDLE]]
+    assert shared.used == 0

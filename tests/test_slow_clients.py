@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.net.server import RelayServer
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory, RelayProcess, url_of, wait_for
+from tests.http_client import metric, scrape
 from tests.nostr import Client, Keys
 from tests.raw_ws import RawClient
 
@@ -43,25 +44,45 @@ def text_and_close(frames: list[tuple[int, bytes]]) -> tuple[list[Any], int | No
 async def test_a_client_that_stops_reading_gets_a_notice_and_1008(
     start_relay: RelayFactory, keys: Keys
 ) -> None:
-    relay = await start_relay(max_outbox_bytes=64 * 1024, max_subscriptions=200, close_timeout=0.5)
-    await publish_many(url_of(relay), keys, 40, 4000)
+    relay = await start_relay(max_outbox_bytes=64 * 1024, close_timeout=20)
     bystander = await Client.connect(url_of(relay))
     assert await bystander.req("live", {"authors": [keys.pubkey], "limit": 0}) == []
-
     raw = await RawClient.connect(relay.port)
-    flood(raw, 150, 40)  # about 24 MB of replies
+    raw.send_json(["REQ", "all", {"kinds": [1], "limit": 0}])
     await raw.writer.drain()
-    # The relay drops it without our reading a byte.
-    await wait_for(lambda: len(relay.connections) == 1, timeout=30)
-    texts, code = text_and_close(await raw.read_frames())
+    # Live events pile up for a client that reads nothing: about 16 MB of them, past
+    # what the kernel's socket buffers take on loopback.
+    await publish_many(url_of(relay), keys, 400, 40_000)
+    await wait_for(lambda: any(c.outbox.closed for c in relay.connections), timeout=30)
+    # Read now: what the kernel held, then the NOTICE and the close frame.
+    texts, code = text_and_close(await raw.read_frames(timeout=30))
     raw.close()
+    await wait_for(lambda: len(relay.connections) == 1, timeout=30)
     assert texts[-1] == OVERFLOW_NOTICE
     assert code == 1008
+    assert metric(await scrape(relay.port), "relay_outbox_drops_total") == 1
     # Others go on.
+    for _ in range(400):
+        assert (await bystander.recv())[:2] == ["EVENT", "live"]
     event = keys.sign(content="after the slow one")
     await publish_one(url_of(relay), event)
     assert await bystander.recv() == ["EVENT", "live", event]
     await bystander.close()
+
+
+async def test_a_reading_client_gets_a_result_many_times_its_outbox(
+    start_relay: RelayFactory, keys: Keys
+) -> None:
+    """Stored results wait for the client to read them: no NOTICE, no disconnect."""
+    relay = await start_relay(max_outbox_bytes=256 * 1024, query_page_bytes=64 * 1024)
+    await publish_many(url_of(relay), keys, 70, 60_000)  # 4.2 MB, 16 times the outbox
+    client = await Client.connect(url_of(relay))
+    got = await client.req("feed", {"kinds": [1]}, {"authors": [keys.pubkey]})
+    assert len(got) == 70
+    assert {e["content"].split(":")[0] for e in got} == {str(n) for n in range(70)}
+    assert got == sorted(got, key=lambda e: (-e["created_at"], e["id"]))
+    assert await client.req("again", {"kinds": [1], "limit": 1}) == [got[0]]
+    await client.close()
 
 
 async def publish_one(url: str, event: dict[str, Any]) -> None:
@@ -80,8 +101,16 @@ def rss_kib(pid: int) -> int:
 async def test_memory_stays_bounded_while_clients_refuse_to_read(
     relay_process: Any, keys: Keys
 ) -> None:
+    # Their queries wait for them to read; pings (unanswered) end them.
     process: RelayProcess = relay_process(
-        {"RELAY_MAX_OUTBOX_BYTES": str(256 * 1024), "RELAY_MAX_SUBSCRIPTIONS": "500"}
+        {
+            "RELAY_MAX_OUTBOX_BYTES": str(256 * 1024),
+            "RELAY_MAX_SUBSCRIPTIONS": "500",
+            "RELAY_MAX_QUERIES_IN_FLIGHT": "500",
+            "RELAY_PING_INTERVAL": "1",
+            "RELAY_PING_TIMEOUT": "1",
+            "RELAY_CLOSE_TIMEOUT": "1",
+        }
     )
     process.start()
     assert process.proc is not None
@@ -106,7 +135,8 @@ async def test_memory_stays_bounded_while_clients_refuse_to_read(
     await one_round(1)  # warm up: caches, allocator arenas
     codes = await one_round(4)  # ~190 MB of replies nobody reads
     assert rss[1] - rss[0] < 40 * 1024, f"RSS grew from {rss[0]} to {rss[1]} KiB"
-    assert codes == [1008] * 4
+    # 1011: the keepalive ping went unanswered.
+    assert codes == [1011] * 4
     # Still serving.
     event = keys.sign(content="still up")
     await publish_one(process.url, event)

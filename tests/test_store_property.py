@@ -1,9 +1,11 @@
-"""SqliteStore against MemoryStore, the oracle: same outcomes, same answers, same order.
+"""SqliteStore and PostgresStore against MemoryStore, the oracle: same outcomes, same
+answers, same order.
 
 The property test feeds both stores the same random sequence of signed events (few keys,
 few timestamps so that ties happen, replaceable and addressable kinds, NIP-09 deletions
-of earlier events and addresses, NIP-40 expiration tags) in random batches, with purges
-in between, and after every step asks both the same random filters. The example tests
+of earlier events and addresses (gift wraps by their recipients too), NIP-40 expiration
+tags) in random batches, with purges in between, and after every step asks both the same
+random filters. The example tests
 below pin the replacement and deletion rules on both backends.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from coincurve import PrivateKey
@@ -26,8 +29,10 @@ from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 from relay.store.base import EventStore, SaveOutcome
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 from tests.nostr import Keys
+from tests.pg import empty_tables, schema_url
 
 # Fixed secrets: a failing example replays with the same ids, hence the same order.
 KEYS = [Keys(PrivateKey(bytes([n]) * 32)) for n in (1, 2, 3)]
@@ -35,7 +40,7 @@ PUBKEYS = [k.pubkey for k in KEYS]
 NOW = 1_700_000_000
 BASE = NOW - 100
 CREATED_AT = [BASE, BASE + 1, BASE + 2, BASE + 5]
-KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059]
+KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059, 1059]
 D_VALUES = ["", "a", "b"]
 # Contents and NIP-50 queries: case, punctuation and words shared between contents.
 CONTENTS = ["", "one", "two", "One two, three!", "two-one", "Ünïcode café"]
@@ -78,9 +83,20 @@ def new_event(draw: st.DrawFn, earlier: Sequence[Event]) -> Event:
     created_at = draw(st.sampled_from(CREATED_AT))
     tags: list[list[str]] = []
     earlier_ids = [e.id for e in earlier]
+    wraps = [e for e in earlier if e.kind == 1059]
+    if kind == 5 and wraps and draw(st.booleans()):
+        # Often a gift wrap's recipient, the one key besides its author that may delete it.
+        wrap = draw(st.sampled_from(wraps))
+        keys = next(k for k in KEYS if k.pubkey == wrap.tag_value("p"))
+        tags.append(["e", wrap.id])
     if kind == 5:
-        # Mostly the author's own events, whose deletion applies; sometimes anyone's.
-        own = [e for e in earlier if e.pubkey == keys.pubkey]
+        # Mostly events whose deletion applies (the author's own, gift wraps to it);
+        # sometimes anyone's.
+        own = [
+            e
+            for e in earlier
+            if e.pubkey == keys.pubkey or (e.kind == 1059 and ["p", keys.pubkey] in e.tags)
+        ]
         anyones = not own or draw(st.integers(0, 3)) == 0
         pool: list[Event] = list(earlier) if anyones else own
         id_refs = st.sampled_from([*(e.id for e in pool), UNKNOWN_ID])
@@ -101,7 +117,8 @@ def new_event(draw: st.DrawFn, earlier: Sequence[Event]) -> Event:
         tags.append(["d", d_tag])
     for value in draw(st.lists(st.sampled_from(T_VALUES), max_size=2)):
         tags.append(["t", value])
-    if draw(st.booleans()):
+    if kind == 1059 or draw(st.booleans()):
+        # A gift wrap names its recipient: a key that may delete it.
         tags.append(["p", draw(st.sampled_from(PUBKEYS))])
     if earlier_ids and kind != 5 and draw(st.booleans()):
         tags.append(["e", draw(st.sampled_from(earlier_ids))])
@@ -199,39 +216,77 @@ async def observe(store: EventStore, queries: list[list[Filter]]) -> list[Any]:
         # Search results are ranked differently (bm25 / time): compare them as sets.
         seen.append(sorted(found) if any(f.search for f in query) else found)
         seen.append(await store.count(query, NOW))
+        # NIP-77 items: the same events as the query, as sorted (created_at, id) pairs.
+        items = await store.negentropy_items(query, NOW)
+        assert items == sorted(set(items))
+        assert {i.hex() for _, i in items} == {parse_event_id(raw) for raw in found}
+        seen.append(items)
     return seen
 
 
-async def run_both(scenario: Scenario, path: Path) -> None:
+async def compare(scenario: Scenario, store: EventStore) -> None:
     memory = MemoryStore()
+    for number, step in enumerate(scenario.steps):
+        if isinstance(step, Purge):
+            expected: Any = await memory.purge_expired(NOW)
+            got: Any = await store.purge_expired(NOW)
+        else:
+            expected = await memory.save_many(step, NOW)
+            got = await store.save_many(step, NOW)
+        assert got == expected, f"step {number}: {step}"
+        expected = await observe(memory, scenario.queries)
+        got = await observe(store, scenario.queries)
+        assert got == expected, f"after step {number}, queries {scenario.queries}"
+
+
+async def run_on_sqlite(scenario: Scenario, path: Path) -> None:
     sqlite = SqliteStore(path, synchronous="OFF")
-    await memory.open()
     await sqlite.open()
     try:
-        for number, step in enumerate(scenario.steps):
-            if isinstance(step, Purge):
-                expected: Any = await memory.purge_expired(NOW)
-                got: Any = await sqlite.purge_expired(NOW)
-            else:
-                expected = await memory.save_many(step, NOW)
-                got = await sqlite.save_many(step, NOW)
-            assert got == expected, f"step {number}: {step}"
-            expected = await observe(memory, scenario.queries)
-            got = await observe(sqlite, scenario.queries)
-            assert got == expected, f"after step {number}, queries {scenario.queries}"
+        await compare(scenario, sqlite)
     finally:
         await sqlite.close()
 
 
-@settings(
+PROPERTY_SETTINGS = settings(
     max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@PROPERTY_SETTINGS
 @given(scenarios())
 def test_sqlite_store_agrees_with_memory_store(scenario: Scenario) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run_both(scenario, Path(tmp) / "relay.sqlite"))
+        asyncio.run(run_on_sqlite(scenario, Path(tmp) / "relay.sqlite"))
+
+
+async def test_postgres_store_agrees_with_memory_store() -> None:
+    async with schema_url() as url:
+        # Hypothesis runs each example to its end: here on a loop of its own, in a
+        # thread, where one store serves every example (emptied in between).
+        await asyncio.to_thread(check_postgres_store, url)
+
+
+def check_postgres_store(url: str) -> None:
+    loop = asyncio.new_event_loop()
+    store = PostgresStore(url, readers=1, durable=False)
+    admin = loop.run_until_complete(asyncpg.connect(url))
+    try:
+        loop.run_until_complete(store.open())
+
+        @PROPERTY_SETTINGS
+        @given(scenarios())
+        def agrees(scenario: Scenario) -> None:
+            loop.run_until_complete(empty_tables(admin))
+            loop.run_until_complete(compare(scenario, store))
+
+        agrees()
+    finally:
+        loop.run_until_complete(store.close())
+        loop.run_until_complete(admin.close())
+        loop.close()
 
 
 # Example-based rules, on both backends.
@@ -321,6 +376,39 @@ async def test_deletion_before_its_target_arrives(store: EventStore) -> None:
     other = signed(KEYS[1], 1, BASE, None, "other")
     foreign = signed(KEYS[0], 5, BASE + 2, [["e", other.id]])
     assert await save(store, foreign, other) == [SaveOutcome.STORED, SaveOutcome.STORED]
+
+
+async def test_the_recipient_of_a_gift_wrap_may_delete_it(store: EventStore) -> None:
+    wrapper, recipient, stranger = KEYS
+    wrap = signed(wrapper, 1059, BASE, [["p", recipient.pubkey]], "sealed")
+    by_stranger = signed(stranger, 5, BASE + 1, [["e", wrap.id]])
+    assert await save(store, wrap, by_stranger) == [SaveOutcome.STORED] * 2
+    assert wrap.id in await ids_of(store)
+    by_recipient = signed(recipient, 5, BASE + 1, [["e", wrap.id]])
+    assert await save(store, by_recipient) == [SaveOutcome.STORED]
+    assert wrap.id not in await ids_of(store)
+    # The tombstone holds: published again, the wrap stays deleted.
+    assert await save(store, wrap) == [SaveOutcome.DELETED]
+    assert wrap.id not in await ids_of(store)
+
+
+async def test_a_gift_wrap_deleted_by_its_recipient_before_it_arrives(store: EventStore) -> None:
+    wrapper, recipient, stranger = KEYS
+    wrap = signed(wrapper, 1059, BASE, [["p", recipient.pubkey]], "late")
+    other = signed(wrapper, 1059, BASE, [["p", stranger.pubkey]], "not theirs")
+    deletion = signed(recipient, 5, BASE + 1, [["e", wrap.id], ["e", other.id]])
+    assert await save(store, deletion, wrap, other) == [
+        SaveOutcome.STORED,
+        SaveOutcome.DELETED,
+        SaveOutcome.STORED,
+    ]
+    assert set(await ids_of(store)) == {deletion.id, other.id}
+    # A p tag on any other kind gives no say over the event.
+    note = signed(wrapper, 1, BASE, [["p", recipient.pubkey]], "a mention")
+    mention_deletion = signed(recipient, 5, BASE + 2, [["e", note.id]])
+    assert await save(store, note, mention_deletion) == [SaveOutcome.STORED] * 2
+    assert await save(store, note) == [SaveOutcome.DUPLICATE]
+    assert note.id in await ids_of(store)
 
 
 async def test_deleting_a_deletion_has_no_effect(store: EventStore) -> None:

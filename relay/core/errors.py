@@ -83,3 +83,7 @@ class MessageError(ClientError):
 
 class ReqRefused(MessageError):
     """A REQ refused with CLOSED: its subscription id ends, an open one of that id included."""
+
+
+class NegRefused(MessageError):
+    """A NIP-77 NEG-OPEN or NEG-MSG refused with NEG-ERR: its negentropy session ends."""

@@ -25,6 +25,18 @@ class Limits:
     max_filter_values: int = 1000
     # Stored events one REQ may return across all its filters.
     max_req_results: int = 10000
+    # Budgets of one connection (enforced, not in NIP-11: it has no field for them).
+    # Values across all open filters (ids, authors, tag values or kinds each filter is
+    # filed under in the live index); a REQ past it is CLOSED "restricted: ...".
+    max_live_entries: int = 20000
+    # Stored-event queries and COUNTs running at once; more are CLOSED "rate-limited: ...".
+    max_queries_in_flight: int = 32
+    # Bytes of live events held back until their subscription's EOSE.
+    max_held_bytes: int = 2 * 1024 * 1024
+    # NIP-77: negentropy sessions open at once, and events in one session's set (a larger
+    # set is NEG-ERR "blocked: ..."; strfry's default is the same million).
+    max_neg_sessions: int = 4
+    max_neg_items: int = 1_000_000
     # NIP-13 leading zero bits a new event's id must have; 0 turns the check off.
     min_pow_difficulty: int = 0
     # NIP-11: writers must meet a condition they should know of beforehand (a pubkey or

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from relay.core import canonical
-from relay.core.errors import ClientError, MessageError, ReqRefused
+from relay.core.errors import ClientError, MessageError, NegRefused, ReqRefused
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 
@@ -43,14 +44,54 @@ class CountMessage:
     filters: tuple[Filter, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NegOpenMessage:
+    """NIP-77 `["NEG-OPEN", sub_id, filter, hex]`: start reconciling the filter's events."""
+
+    sub_id: str
+    filter: Filter
+    # The client's first negentropy message, hex-decoded (its binary form is not checked).
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NegMsgMessage:
+    """NIP-77 `["NEG-MSG", sub_id, hex]`: the client's next negentropy message."""
+
+    sub_id: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NegCloseMessage:
+    """NIP-77 `["NEG-CLOSE", sub_id]`: the client is done with this negentropy session."""
+
+    sub_id: str
+
+
+NegMessage = NegOpenMessage | NegMsgMessage | NegCloseMessage
 ClientMessage = EventMessage | ReqMessage | CloseMessage | AuthMessage | CountMessage
+NEG_VERBS = frozenset({"NEG-OPEN", "NEG-MSG", "NEG-CLOSE"})
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 # Verbs of NIPs this relay does not implement: refused with CLOSED so clients stop waiting.
 SUBSCRIPTION_VERBS_UNSUPPORTED: frozenset[str] = frozenset()
 
 
-def parse_message(frame: bytes | str) -> ClientMessage:
-    """Parse one client frame; raises MessageError naming whom to answer."""
+@overload
+def parse_message(frame: bytes | str, *, negentropy: Literal[False] = False) -> ClientMessage: ...
+
+
+@overload
+def parse_message(frame: bytes | str, *, negentropy: bool) -> ClientMessage | NegMessage: ...
+
+
+def parse_message(frame: bytes | str, *, negentropy: bool = False) -> ClientMessage | NegMessage:
+    """Parse one client frame; raises MessageError naming whom to answer.
+
+    NIP-77 verbs are parsed only for a connection that serves them (`negentropy`);
+    otherwise they are unknown message types, as to a relay that never heard of them.
+    """
     try:
         data = canonical.loads(frame)
     except canonical.JSONDecodeError:
@@ -71,6 +112,8 @@ def parse_message(frame: bytes | str) -> ClientMessage:
         if len(data) != 2 or type(data[1]) is not str:
             raise MessageError("CLOSE takes one subscription id")
         return CloseMessage(data[1])
+    if negentropy and type(verb) is str and verb in NEG_VERBS:
+        return parse_neg(data)
     if type(verb) is str and verb in SUBSCRIPTION_VERBS_UNSUPPORTED:
         sub_id = data[1] if len(data) > 1 and type(data[1]) is str else None
         raise MessageError(f"{verb} is not supported", prefix="unsupported", sub_id=sub_id)
@@ -111,6 +154,37 @@ def _parse_req(data: list[Any], verb: str = "REQ") -> ReqMessage:
     return ReqMessage(sub_id, filters)
 
 
+def parse_neg(data: list[Any]) -> NegMessage:
+    """A NEG-OPEN, NEG-MSG or NEG-CLOSE array; a refusal with a readable id is a NEG-ERR."""
+    verb = data[0]
+    if len(data) < 2 or type(data[1]) is not str or not data[1]:
+        raise MessageError(f"{verb} needs a non-empty subscription id")
+    sub_id = data[1]
+    if verb == "NEG-CLOSE":
+        if len(data) != 2:
+            raise NegRefused("NEG-CLOSE takes one subscription id", sub_id=sub_id)
+        return NegCloseMessage(sub_id)
+    if verb == "NEG-MSG":
+        if len(data) != 3:
+            raise NegRefused("NEG-MSG takes a subscription id and a message", sub_id=sub_id)
+        return NegMsgMessage(sub_id, _neg_payload(data[2], sub_id))
+    if len(data) != 4:
+        raise NegRefused(
+            "NEG-OPEN takes a subscription id, one filter and a message", sub_id=sub_id
+        )
+    try:
+        neg_filter = parse_filter(data[2])
+    except ClientError as exc:
+        raise NegRefused.wrap(exc, sub_id=sub_id) from None
+    return NegOpenMessage(sub_id, neg_filter, _neg_payload(data[3], sub_id))
+
+
+def _neg_payload(value: Any, sub_id: str) -> bytes:
+    if type(value) is not str or not _LOWER_HEX.fullmatch(value):
+        raise NegRefused("a negentropy message is non-empty lowercase hex", sub_id=sub_id)
+    return bytes.fromhex(value)
+
+
 def ok(event_id: str, accepted: bool, reason: str = "") -> bytes:
     return canonical.dumps(["OK", event_id, accepted, reason])
 
@@ -129,6 +203,16 @@ def auth_challenge(challenge: str) -> bytes:
 
 def count(sub_id: str, n: int) -> bytes:
     return canonical.dumps(["COUNT", sub_id, {"count": n}])
+
+
+def neg_msg(sub_id: str, message: bytes) -> bytes:
+    """NIP-77 `["NEG-MSG", sub_id, hex]` carrying the relay's negentropy answer."""
+    return canonical.dumps(["NEG-MSG", sub_id, message.hex()])
+
+
+def neg_err(sub_id: str, reason: str) -> bytes:
+    """NIP-77 `["NEG-ERR", sub_id, "prefix: ..."]`: the negentropy session is closed."""
+    return canonical.dumps(["NEG-ERR", sub_id, reason])
 
 
 def notice(text: str) -> bytes:
@@ -155,6 +239,8 @@ def refusal(error: ClientError) -> bytes:
     if isinstance(error, MessageError):
         if error.event_id is not None:
             return ok(error.event_id, False, error.reason)
+        if error.sub_id is not None and isinstance(error, NegRefused):
+            return neg_err(error.sub_id, error.reason)
         if error.sub_id is not None:
             return closed(error.sub_id, error.reason)
     return notice(error.reason)

@@ -23,7 +23,12 @@ class RelayInfo:
 
 
 def optional_nips(
-    auth: AuthPolicy, *, count: bool, search: bool = False, vanish: bool = False
+    auth: AuthPolicy,
+    *,
+    count: bool,
+    search: bool = False,
+    vanish: bool = False,
+    negentropy: bool = False,
 ) -> tuple[int, ...]:
     """The optional NIPs that are switched on: 42 and 70 go with auth."""
     nips = []
@@ -35,6 +40,8 @@ def optional_nips(
         nips.append(50)
     if vanish:
         nips.append(62)
+    if negentropy:
+        nips.append(77)
     return tuple(nips)
 
 
@@ -55,7 +62,9 @@ def information_document(
         )
         if value
     }
-    doc["supported_nips"] = sorted({*SUPPORTED_NIPS, *extra_nips})
+    # NIP-13 is enforced exactly when a difficulty is required, so listed only then.
+    pow_nips = (13,) if limits.min_pow_difficulty > 0 else ()
+    doc["supported_nips"] = sorted({*SUPPORTED_NIPS, *extra_nips, *pow_nips})
     doc["software"] = SOFTWARE_URL
     doc["version"] = __version__
     doc["limitation"] = limitation = limits.advertised()

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-ProcessRequest = Callable[[ServerConnection, Request], Response | None]
+HttpAnswer = Awaitable[Response | None] | Response | None
+ProcessRequest = Callable[[ServerConnection, Request], HttpAnswer]
 RETRY_AFTER_SECONDS = 10
 
 
@@ -35,15 +36,32 @@ def client_ip(headers: Headers | None, remote_address: object, trusted_header: s
     return str(remote_address)
 
 
+class ExemptNetworks:
+    """Client addresses no rate or per-IP cap applies to (the operator's own machine)."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+    def __contains__(self, ip: object) -> bool:
+        try:
+            address = ipaddress.ip_address(str(ip))
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
 class ConnectionCounter:
     """Open connections per IP, capped at `max_per_ip` (0: no cap)."""
 
-    def __init__(self, max_per_ip: int) -> None:
+    def __init__(self, max_per_ip: int, exempt: ExemptNetworks | None = None) -> None:
         self.max_per_ip = max_per_ip
+        self.exempt = exempt or ExemptNetworks(())
         self._open: Counter[str] = Counter()
 
     def full(self, ip: str) -> bool:
-        return self.max_per_ip > 0 and self._open[ip] >= self.max_per_ip
+        if self.max_per_ip <= 0 or self._open[ip] < self.max_per_ip:
+            return False
+        return ip not in self.exempt
 
     def add(self, ip: str) -> None:
         self._open[ip] += 1
@@ -64,7 +82,7 @@ class AdmissionControl:
         self.trusted_header = trusted_header
         self.http = http
 
-    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+    def __call__(self, connection: ServerConnection, request: Request) -> HttpAnswer:
         is_upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         ip = client_ip(request.headers, connection.remote_address, self.trusted_header)
         if is_upgrade and self.counter.full(ip):

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -26,10 +26,14 @@ log = logging.getLogger("relay.outbox")
 
 class Flusher:
     """The outboxes that got frames during this turn of the event loop, flushed together
-    at its end: one callback for a broadcast to a thousand connections, not one each."""
+    at its end: one callback for a broadcast to a thousand connections, not one each.
 
-    def __init__(self) -> None:
+    Shared by every outbox of a relay, it also hears of each one that overflows.
+    """
+
+    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
         self._pending: list[Outbox] = []
+        self.on_overflow = on_overflow
 
     def add(self, outbox: Outbox) -> None:
         if not self._pending:
@@ -44,6 +48,37 @@ class Flusher:
             except Exception:
                 # Our own bug: the other connections still get their frames.
                 log.exception("could not flush an outbox")
+
+
+class OutboxMeter:
+    """Bytes queued in every outbox of the relay, and the queries waiting for it to drop."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def add(self, size: int) -> None:
+        self.total += size
+
+    def remove(self, size: int) -> None:
+        self.total -= size
+        if self._waiters:
+            self._wake()
+
+    async def wait_below(self, mark: int) -> None:
+        if self.total <= mark:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((mark, future))
+        try:
+            await future
+        finally:
+            self._waiters = [(m, f) for m, f in self._waiters if f is not future]
+
+    def _wake(self) -> None:
+        for mark, future in self._waiters:
+            if self.total <= mark and not future.done():
+                future.set_result(None)
 
 
 class Outbox:
@@ -61,12 +96,19 @@ class Outbox:
         max_bytes: int,
         on_overflow: Callable[[], None],
         flusher: Flusher | None = None,
+        meter: OutboxMeter | None = None,
     ) -> None:
         self.ws = ws
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
         self._flusher = flusher or Flusher()
+        self._meter = meter or OutboxMeter()
         self.queued_bytes = 0
+        # Room promised to queries reading their next page (backpressure).
+        self.reserved_bytes = 0
+        # Resolved when room is made (frames written, a promise returned), for queries
+        # waiting for their turn.
+        self._room: asyncio.Future[None] | None = None
         self._frames: deque[bytes] = deque()
         # Set while the sender task is sending what is queued.
         self._ready = asyncio.Event()
@@ -81,26 +123,64 @@ class Outbox:
             self._overflow()
             return
         self._frames.append(frame)
-        self.queued_bytes += len(frame)
+        self._queued(len(frame))
         self._schedule_flush()
 
-    def put_many(self, frames: list[bytes]) -> None:
-        """`put` each frame (a query's results): all of them, or an overflow."""
+    def put_many(self, frames: Sequence[bytes]) -> None:
+        """`put` each frame (a page of results): all of them, or an overflow."""
         if self.closed:
+            return
+        if len(frames) == 1:
+            self.put(frames[0])
             return
         size = sum(map(len, frames))
         if self.queued_bytes + size > self.max_bytes:
             self._overflow()
             return
         self._frames.extend(frames)
-        self.queued_bytes += size
+        self._queued(size)
         self._schedule_flush()
+
+    def _queued(self, size: int) -> None:
+        self.queued_bytes += size
+        self._meter.add(size)
+
+    def _taken(self, size: int) -> None:
+        self.queued_bytes -= size
+        self._meter.remove(size)
+        if self._room is not None:
+            self._made_room()
+
+    async def reserve(self, size: int) -> int:
+        """Wait until a page of `size` bytes fits in half of the outbox with what is queued
+        and promised, and promise it; returns the amount to `release` once it is queued.
+        Stored results so never push out a client that reads, and live events and OKs
+        keep the other half."""
+        half = self.max_bytes // 2
+        size = min(size, half)
+        while not self.closed and self.queued_bytes + self.reserved_bytes + size > half:
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        self.reserved_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.reserved_bytes -= size
+        self._made_room()
+
+    def _made_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     def _overflow(self) -> None:
         self.closed = True
         self._frames.clear()
-        self.queued_bytes = 0
+        self._taken(self.queued_bytes)
         self._ready.set()
+        if self._flusher.on_overflow is not None:
+            self._flusher.on_overflow()
         self.on_overflow()
 
     def _schedule_flush(self) -> None:
@@ -134,13 +214,20 @@ class Outbox:
         except ConnectionClosed:
             pass
         finally:
-            self.closed = True
+            self.close()
+
+    def close(self) -> None:
+        """Nothing more will be sent: forget what is queued and wake a waiting query."""
+        self.closed = True
+        self._frames.clear()
+        self._taken(self.queued_bytes)
+        self._made_room()
 
     def _take_batch(self) -> list[bytes]:
         if self.queued_bytes <= MAX_BATCH_BYTES:
             batch = list(self._frames)
             self._frames.clear()
-            self.queued_bytes = 0
+            self._taken(self.queued_bytes)
             return batch
         batch = []
         size = 0
@@ -148,7 +235,7 @@ class Outbox:
             frame = self._frames.popleft()
             batch.append(frame)
             size += len(frame)
-        self.queued_bytes -= size
+        self._taken(size)
         return batch
 
     @property

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence, Set
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -14,17 +15,23 @@ from relay.core import auth, nip11, vanish
 from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
 from relay.core.policy import check_write, default_write_checks
 from relay.core.ratelimit import RateLimiter
+from relay.core.session import Session, SessionPolicy, SharedBudget
 from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
-from relay.net.admission import AdmissionControl, ConnectionCounter, client_ip
+from relay.net import shutdown
+from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
-from relay.net.http import HttpResponder
-from relay.net.outbox import Flusher
-from relay.net.verifier import SignatureVerifier
+from relay.net.http import HttpResponder, serve_metrics
+from relay.net.metrics import Metrics, PrometheusMetrics
+from relay.net.outbox import Flusher, OutboxMeter
+from relay.net.stats import EventRate, StoreFigures, live_figures
+from relay.net.trim import MemoryTrimmer, map_large_blocks
+from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
-from relay.store.base import EventStore
+from relay.store.base import EventStore, SaveOutcome, StatsSource
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -32,31 +39,54 @@ log = logging.getLogger("relay")
 # Frames over the advertised max_message_length but under this many times it get a
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
-SHUTDOWN_FLUSH_SECONDS = 5.0
-# A connection that sent nothing for this long has had every frame it sent read.
-SHUTDOWN_QUIET_SECONDS = 0.1
+CHECK_FAILED = "error: the signature could not be checked, try again"
+# /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
+# (two of the Dockerfile's health check intervals) if no other write is tried.
+HEALTH_WINDOW_SECONDS = 60.0
 
 
 class RelayServer:
     def __init__(self, settings: Settings, store: EventStore) -> None:
         self.settings = settings
         self.store = store
-        self.writer = Writer(store, purge_interval=settings.purge_interval)
+        self.store_figures = StoreFigures(store)
+        self.event_rate = EventRate()
+        self.metrics: Metrics = (
+            PrometheusMetrics(lambda: len(self.connections), self.store_figures, self._restarts)
+            if settings.metrics_enabled
+            else Metrics()
+        )
+        self.writer = Writer(
+            store, purge_interval=settings.purge_interval, on_commit=self._committed
+        )
         self.verifier = SignatureVerifier(process=settings.verify_process)
-        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex()
+        self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
+            settings.limits.created_at_lower_limit
+        )
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
-        self.flusher = Flusher()
+        self.flusher = Flusher(on_overflow=self.metrics.outbox_dropped)
+        self.outbox_meter = OutboxMeter()
+        self.live_entries = SharedBudget(settings.max_live_entries_total)
+        self.neg_items = SharedBudget(settings.max_neg_items_total)
+        self._ticker: asyncio.Task[None] | None = None
+        self.rate_exempt = ExemptNetworks(settings.rate_limit_exempt)
+        self.trimmer = MemoryTrimmer()
+        # A NEG-MSG reply in hex inside its frame stays under max_message_length.
+        self.neg_frame_limit = max(MIN_FRAME_SIZE_LIMIT, (settings.max_message_length - 256) // 2)
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
             settings.event_rate_per_ip, settings.event_burst_per_ip
         )
-        self.connections_per_ip = ConnectionCounter(settings.max_connections_per_ip)
+        self.connections_per_ip = ConnectionCounter(
+            settings.max_connections_per_ip, self.rate_exempt
+        )
         # Rebuilt with the listening port once known: relay_url may derive from it.
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
 
     @property
     def port(self) -> int:
@@ -64,7 +94,20 @@ class RelayServer:
             raise RuntimeError("relay is not running")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def _metrics_here(self) -> bool:
+        """/metrics is served on the relay's own port."""
+        return self.metrics.enabled and not self.settings.metrics_apart
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on."""
+        if self._metrics_server is None:
+            return self.port
+        return int(self._metrics_server.sockets[0].getsockname()[1])
+
     async def start(self) -> None:
+        map_large_blocks()
         await self.store.open()
         try:
             await self.verifier.start()
@@ -82,9 +125,12 @@ class RelayServer:
                 count=settings.count_enabled,
                 search=settings.search_enabled,
                 vanish=settings.vanish_enabled,
+                negentropy=settings.negentropy_enabled,
             ),
         )
         try:
+            if settings.metrics_apart:
+                self._metrics_server = await serve_metrics(self.metrics, settings)
             self._server = await serve(
                 self._handle,
                 self.settings.host,
@@ -92,7 +138,12 @@ class RelayServer:
                 process_request=AdmissionControl(
                     self.connections_per_ip,
                     self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
+                    HttpResponder(
+                        info,
+                        self.healthy,
+                        lambda: live_figures(self.store_figures, self.event_rate, self.connections),
+                        self.metrics if self._metrics_here else None,
+                    ),
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
@@ -105,40 +156,59 @@ class RelayServer:
                 server_header=None,
             )
         except BaseException:
+            await self._close_metrics_server()
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
             await self.verifier.close()
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
+        self.session_policy = SessionPolicy(
+            limits=settings.limits,
+            auth=self.auth,
+            count_enabled=settings.count_enabled,
+            search_enabled=settings.search_enabled,
+            req_rate=settings.req_rate_per_connection,
+            req_burst=settings.req_burst_per_connection,
+            negentropy_enabled=settings.negentropy_enabled,
+            neg_idle_seconds=settings.neg_idle_seconds,
+        )
+        self._ticker = asyncio.create_task(self._tick())
         self.accepting = True
         log.info("listening on %s:%d", self.settings.host, self.port)
+
+    def healthy(self) -> bool:
+        """/health: running, the database file is the one opened, and writes commit."""
+        return (
+            self.accepting
+            and self.store.intact()
+            and not self.writer.failing(HEALTH_WINDOW_SECONDS)
+        )
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._server is not None:
             # Stop listening only: websockets' close() runs once, so connections close below.
             self._server.server.close()
         # A plugin finishes the event it holds (or is killed) before the writer closes.
         await self.write_policy.close()
         await self.writer.close()
-        await self._settle_connections()
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+        # Answer every frame already received (refused now: accepting is False) and send
+        # the answers before the close frame; a frame read after it could not be answered.
+        await shutdown.stop(self._server, list(self.connections))
+        await self._close_metrics_server()
         await self.verifier.close()
         await self.store.close()
+        self.trimmer.cancel()
         log.info("stopped")
 
-    async def _settle_connections(self) -> None:
-        """Answer every frame already received (refused now: accepting is False) and send
-        the answers before the close frame; a frame read after it could not be answered."""
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while time.monotonic() < deadline:
-            if all(c.settled(SHUTDOWN_QUIET_SECONDS) for c in self.connections):
-                return
-            await asyncio.sleep(0.01)
+    async def _close_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)
@@ -152,8 +222,28 @@ class RelayServer:
             await ws.close(code=1008, reason="rate-limited: too many connections")
             return
         self.connections_per_ip.add(ip)
-        connection = ClientConnection(ws, self, peer, ip)
+        session = Session(
+            self.session_policy,
+            shared_entries=self.live_entries,
+            shared_neg_items=self.neg_items,
+            event_rate=self.event_rate_per_ip,
+            ip=ip,
+            rate_exempt=ip in self.rate_exempt,
+        )
+        settings = self.settings
+        connection = ClientConnection(
+            ws,
+            self,
+            session,
+            peer=peer,
+            ip=ip,
+            max_outbox_bytes=settings.max_outbox_bytes,
+            page_bytes=settings.query_page_bytes,
+            max_event_size=settings.max_event_size,
+            max_result_bytes=settings.max_result_bytes_in_flight,
+        )
         self.connections.add(connection)
+        self.metrics.connection_opened()
         started = time.monotonic()
         log.info("%s connected", peer)
         try:
@@ -161,6 +251,7 @@ class RelayServer:
         finally:
             self.connections_per_ip.remove(ip)
             self.connections.discard(connection)
+            self.trimmer.request()
             log.info(
                 "%s disconnected after %.1fs (code %s, %d events)",
                 peer,
@@ -171,6 +262,12 @@ class RelayServer:
 
     async def ingest(self, event: Event, source: Source | None = None) -> tuple[bool, str]:
         """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
+        started = time.perf_counter()
+        accepted, reason = await self._ingest(event, source)
+        self.metrics.event_answered(accepted, reason, time.perf_counter() - started)
+        return accepted, reason
+
+    async def _ingest(self, event: Event, source: Source | None) -> tuple[bool, str]:
         if not self.accepting:
             return False, "error: the relay is shutting down"
         now = int(time.time())
@@ -180,8 +277,9 @@ class RelayServer:
             self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, "invalid: bad signature"
+        refusal = await self._signature_refusal(event)
+        if refusal is not None:
+            return False, refusal
         decision = await self.write_policy.decide(event, source or Source("", now))
         if decision.action is Action.REJECT:
             return False, decision.ok_reason
@@ -200,47 +298,141 @@ class RelayServer:
             self.broadcast(event)
         return outcome.accepted, outcome.reason
 
-    async def query(self, filters: Sequence[Filter]) -> list[bytes]:
-        if all(f.limit == 0 for f in filters):
-            return []
-        found = await self.store.query(filters, int(time.time()))
-        # Each filter is clamped to max_limit; this caps the REQ as a whole.
-        return found[: self.settings.max_req_results]
+    async def query_pages(
+        self, filters: tuple[Filter, ...], owner: object, page_bytes: int
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Stored matches page by page, each page read in `owner`'s fair turn for a reader
+        and only when asked for (the session caps the REQ as a whole)."""
+        pages = self.store.query_pages(
+            filters,
+            int(time.time()),
+            owner=owner,
+            page_events=self.settings.query_page_events,
+            page_bytes=page_bytes,
+        )
+        found = 0
+        reading = 0.0  # time spent waiting for the store, not for the client
+        try:
+            async with contextlib.aclosing(pages):
+                while True:
+                    started = time.perf_counter()
+                    page = await anext(pages, None)
+                    reading += time.perf_counter() - started
+                    if page is None:
+                        break
+                    found += len(page)
+                    yield page
+        finally:
+            cap = self.settings.max_req_results
+            self.metrics.query_done(reading, limit_hit(filters, found, cap))
 
-    async def count(self, filters: Sequence[Filter], readers: set[str]) -> int:
+    async def negentropy_items(
+        self, filter: Filter, readers: frozenset[str], owner: object
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: the (created_at, id) set of `filter` that `readers` may see. Private
+        kinds count only where a reader is a party: all, minus the private, plus the readable."""
+        now, cap = int(time.time()), self.settings.max_neg_items
+        items = await self.store.negentropy_items([filter], now, cap)
+        dm_kinds = self.auth.dm_kinds
+        if not auth.could_return_private([filter], dm_kinds):
+            return items
+        private = auth.private_parts([filter], dm_kinds)
+        hidden = set(await self.store.negentropy_items(private, now, cap))
+        if not hidden:
+            return items
+        readable = auth.readable_parts([filter], readers, dm_kinds)
+        shown = set(await self.store.negentropy_items(readable, now, cap)) if readable else set()
+        return [item for item in items if item not in hidden or item in shown]
+
+    def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer:
+        return NegentropyServer(Storage(items), self.neg_frame_limit)
+
+    async def _tick(self) -> None:
+        """Once a second: idle negentropy sessions end."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for connection in list(self.connections):
+                if connection.session.negentropy:
+                    connection.tick(now)
+
+    async def verify(self, event: Event) -> bool:
+        """An AUTH event's signature (NIP-42; the session checked everything else)."""
+        valid = await self.verifier.verify(event)
+        self.metrics.authenticated(valid)
+        return valid
+
+    def refused(self, what: str, reason: str) -> None:
+        """An EVENT or AUTH the session refused before the pipeline saw it."""
+        if what == "auth":
+            self.metrics.authenticated(False)
+        else:
+            self.metrics.event_refused(reason)
+
+    def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None:
+        self.subscriptions.add(owner, sub_id, filters, int(time.time()))
+        self.metrics.subscription_opened()
+
+    def unwatch(self, owner: ClientConnection, sub_id: str) -> None:
+        self.subscriptions.remove(owner, sub_id)
+        self.metrics.subscription_closed()
+
+    async def count(
+        self, filters: Sequence[Filter], readers: Set[str], owner: object = None
+    ) -> int:
         """NIP-45: distinct stored events matching any filter that `readers` may read.
 
         Private kinds count only where a reader is their author or tagged recipient:
         all matches, minus the private ones, plus the private ones readers may see.
         """
         now = int(time.time())
-        total = await self.store.count(filters, now)
+        total = await self.store.count(filters, now, owner=owner)
         dm_kinds = self.auth.dm_kinds
         if not auth.could_return_private(filters, dm_kinds):
             return total
-        private = await self.store.count(auth.private_parts(filters, dm_kinds), now)
+        private = await self.store.count(auth.private_parts(filters, dm_kinds), now, owner=owner)
         if not private:
             return total
         readable = auth.readable_parts(filters, readers, dm_kinds)
-        allowed = await self.store.count(readable, now) if readable else 0
+        allowed = await self.store.count(readable, now, owner=owner) if readable else 0
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
 
-    async def authenticate(self, event: Event, state: auth.AuthState) -> tuple[bool, str]:
-        """NIP-42: check an AUTH event against this connection's challenge: (accepted, reason)."""
+    async def _signature_refusal(self, event: Event) -> str | None:
+        """Why the event's signature does not pass, or None when it does."""
         try:
-            auth.check_auth_event(event, state.challenge, self.auth.relay_url, int(time.time()))
-        except ClientError as error:
-            return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, Invalid("bad signature").reason
-        state.pubkeys.add(event.pubkey)
-        return True, ""
+            valid = await self.verifier.verify(event)
+        except SignatureCheckFailed:
+            # The verify process died holding it; it logged that once, and is restarted.
+            return CHECK_FAILED
+        return None if valid else Invalid("bad signature").reason
 
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds
-        for connection, sub_id in self.subscriptions.matching(event):
+        matching = self.subscriptions.matching(event)
+        for connection, sub_id in matching:
             connection.deliver(sub_id, event, private)
+        self.metrics.delivered(len(matching))
+
+    def _committed(self, outcomes: Sequence[SaveOutcome], seconds: float) -> None:
+        self.metrics.batch_committed(outcomes, seconds)
+        self.event_rate.committed(outcomes)
+
+    def _restarts(self) -> dict[str, int]:
+        """Child processes started again, by process (for the metrics)."""
+        restarts = {"verify": self.verifier.process_restarts}
+        if isinstance(self.store, StatsSource):
+            restarts["write"] = self.store.process_restarts
+        return restarts
+
+
+def limit_hit(filters: Sequence[Filter], found: int, cap: int) -> bool:
+    """Whether a REQ's query returned all it could: the REQ's cap, or every filter's
+    limit (filters overlap rarely enough for their sum to tell)."""
+    if found >= cap:
+        return True
+    limits = [f.limit for f in filters]
+    return None not in limits and found >= sum(limit or 0 for limit in limits)
 
 
 def _peer_name(ws: ServerConnection) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -19,6 +20,14 @@ PAGE_BYTES = 1 << 20
 
 class QueryTimeout(Exception):
     """A query (one slice of it, for query_pages) ran past the store's time limit."""
+
+
+class TooManyItems(Exception):
+    """More events match than the caller's cap (NIP-77: `blocked:`, the filter is too big)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"more than {cap} events match")
+        self.cap = cap
 
 
 class SaveOutcome(Enum):
@@ -81,9 +90,47 @@ class EventStore(Protocol):
         """Distinct stored, unexpired events matching any filter; limits ignored."""
         ...
 
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """NIP-77: (created_at, 32-byte id) of the live events matching any filter.
+
+        Ascending by (created_at, id), each event once, read from one snapshot. A filter's
+        `limit` is honoured as REQ honours it (its newest `limit` events, ties by id), since
+        NIP-77 leaves it open and strfry does the same; without one, every match. Raises
+        TooManyItems when more than `max_items` match.
+        """
+        ...
+
     async def purge_expired(self, now: int) -> int: ...
 
     async def close(self) -> None: ...
+
+    def intact(self) -> bool:
+        """Whether the storage is still the one opened (a file deleted or replaced under a
+        running relay is not). Cheap and synchronous: every /health request asks."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What an operator watches: events held (expired ones not yet purged included) and
+    bytes on disk (0 for a store without files)."""
+
+    events: int
+    bytes: int
+
+
+@runtime_checkable
+class StatsSource(Protocol):
+    """A store that reads its own figures more cheaply than a COUNT over every event."""
+
+    async def stats(self) -> StoreStats: ...
+
+    @property
+    def process_restarts(self) -> int:
+        """Times the store's own child process was started again after it died."""
+        ...
 
 
 def check_page_bounds(page_events: int, page_bytes: int) -> None:

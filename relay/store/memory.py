@@ -8,7 +8,14 @@ from relay.core import vanish
 from relay.core.event import Event, newer
 from relay.core.filters import Filter
 from relay.store import rules
-from relay.store.base import PAGE_BYTES, PAGE_EVENTS, SaveOutcome, check_page_bounds, split_pages
+from relay.store.base import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    SaveOutcome,
+    TooManyItems,
+    check_page_bounds,
+    split_pages,
+)
 
 Address = tuple[int, str, str]
 
@@ -27,6 +34,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.events: dict[str, Event] = {}
         self._by_address: dict[Address, str] = {}
+        # (event id, pubkey of the deletion request naming it): see rules.deleters.
         self._deleted_ids: set[tuple[str, str]] = set()
         self._deleted_addresses: dict[Address, int] = {}
         # NIP-62: pubkey -> created_at of its latest request to vanish.
@@ -38,13 +46,16 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
+    def intact(self) -> bool:
+        return True
+
     async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
         return [self._save(event) for event in events]
 
     def _save(self, event: Event) -> SaveOutcome:
         if event.id in self.events:
             return SaveOutcome.DUPLICATE
-        if rules.can_be_deleted(event) and (event.id, event.pubkey) in self._deleted_ids:
+        if any((event.id, key) in self._deleted_ids for key in rules.deleters(event)):
             return SaveOutcome.DELETED
         if vanish.erased_by(event, self._vanished):
             return SaveOutcome.VANISHED
@@ -130,6 +141,14 @@ class MemoryStore:
     ) -> int:
         unlimited = [f.with_limit(None) for f in filters]
         return len({e.id for f in unlimited for e in self._matching(f, now)})
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        found = {e.id: e for f in filters for e in self._matching(f, now)}
+        if max_items is not None and len(found) > max_items:
+            raise TooManyItems(max_items)
+        return sorted((e.created_at, bytes.fromhex(e.id)) for e in found.values())
 
     async def purge_expired(self, now: int) -> int:
         expired = [e.id for e in self.events.values() if not is_live(e, now)]

@@ -27,10 +27,17 @@ def _hex_blobs(values: Iterable[str]) -> list[bytes]:
 
 
 def _where(
-    f: Filter, now: int, params: list[Any], skip_tag: str | None, skip_search: bool = False
+    f: Filter,
+    now: int,
+    params: list[Any],
+    skip_tag: str | None,
+    skip_search: bool = False,
+    live_only: bool = True,
 ) -> list[str]:
-    conditions = ["(e.expiration IS NULL OR e.expiration > ?)"]
-    params.append(now)
+    conditions = []
+    if live_only:
+        conditions.append("(e.expiration IS NULL OR e.expiration > ?)")
+        params.append(now)
     if f.ids is not None:
         conditions.append(_in("e.id", _hex_blobs(f.ids), params))
     if f.authors is not None:
@@ -57,7 +64,7 @@ def _where(
     if f.search and not skip_search:
         conditions.append("e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
         params.append(fts_match(f.search))
-    return conditions
+    return conditions or ["1"]
 
 
 def _driving_tag(f: Filter) -> tuple[str, str] | None:
@@ -227,3 +234,46 @@ def count_events(filters: Iterable[Filter], now: int) -> Query:
         conditions = _where(f, now, params, skip_tag=None)
         parts.append(f"SELECT e.seq FROM events e WHERE {' AND '.join(conditions)}")
     return f"SELECT count(*) FROM ({' UNION '.join(parts)})", params
+
+
+# Ids of stored events already expired (not yet purged), from the partial index.
+EXPIRED_IDS = "SELECT id FROM events WHERE expiration IS NOT NULL AND expiration <= ?"
+
+
+def negentropy_items(f: Filter, now: int, cap: int | None) -> Query:
+    """(created_at, id) of the events matching `f`, for NIP-77, ascending.
+
+    With a `limit`: the newest `limit` live events (ties by id), as a REQ would return.
+    Without one, every match, expired events included: the expiration column would take
+    the read off the covering index (created_at, id) onto the table's rows, so the caller
+    removes the EXPIRED_IDS instead. `cap` bounds the rows read.
+    """
+    params: list[Any] = []
+    if f.limit is not None:
+        conditions = _where(f, now, params, skip_tag=None, live_only=True)
+        inner = (
+            f"SELECT e.created_at, e.id FROM events e WHERE {' AND '.join(conditions)}"
+            " ORDER BY e.created_at DESC, e.id LIMIT ?"
+        )
+        params.append(f.limit if cap is None else min(f.limit, cap))
+        return f"SELECT created_at, id FROM ({inner}) ORDER BY created_at, id", params
+    conditions = _where(f, now, params, skip_tag=None, live_only=False)
+    sql = (
+        f"SELECT e.created_at, e.id FROM events e WHERE {' AND '.join(conditions)}"
+        " ORDER BY e.created_at, e.id"
+    )
+    if cap is not None:
+        sql += " LIMIT ?"
+        params.append(cap)
+    return sql, params
+
+
+def export_events(f: Filter, now: int) -> Query:
+    """Raw JSON of the live events matching `f` for `relay export`: in insertion order
+    (an import replays deletions and replacements as they happened), or with a `limit`
+    the newest ones, as a REQ returns them."""
+    if f.limit is not None:
+        return select_events(f, now)
+    params: list[Any] = []
+    conditions = _where(f, now, params, skip_tag=None)
+    return f"SELECT e.raw FROM events e WHERE {' AND '.join(conditions)} ORDER BY e.seq", params

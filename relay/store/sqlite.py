@@ -24,12 +24,14 @@ import aiosqlite
 from relay.child import ChildStartError
 from relay.core.event import Event
 from relay.core.filters import Filter
-from relay.store import sqlite_reads, sqlite_writes
+from relay.store import sql, sqlite_reads, sqlite_writes
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
     QueryTimeout,
     SaveOutcome,
+    StoreStats,
+    TooManyItems,
     check_page_bounds,
     split_pages,
 )
@@ -47,6 +49,7 @@ PROGRESS_STEPS = 1000
 # at its compile-time maximum (2 GiB by default); pages past it are read as before.
 READER_MMAP_BYTES = 1 << 40
 T = TypeVar("T")
+COUNT_ALL = "SELECT count(*) FROM events"
 
 
 async def run_on_connection(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -87,6 +90,9 @@ class Writes(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def restarts(self) -> int: ...
+
 
 class ThreadWrites:
     """The writer connection on aiosqlite's thread, in the relay's own process."""
@@ -96,6 +102,7 @@ class ThreadWrites:
         self.synchronous = synchronous
         self.search = search
         self.connection: aiosqlite.Connection | None = None
+        self.restarts = 0  # a thread is not restarted
 
     async def start(self) -> None:
         self.connection = await _connect(self.path, isolation_level=None)
@@ -152,6 +159,8 @@ class SqliteStore:
         # Slices stopped by interrupt() because their task was cancelled (CLOSE, a
         # replaced REQ, a closed connection): for tests and the operator's curiosity.
         self.interrupted = 0
+        # (device, inode) of the database file once open: see intact().
+        self._file_id: tuple[int, int] | None = None
 
     async def open(self) -> None:
         try:
@@ -164,6 +173,7 @@ class SqliteStore:
     async def _connect(self) -> None:
         # The writer creates the schema before any reader opens the file read-only.
         await self.writes.start()
+        self._file_id = _file_id(self.path)
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
             reader = await _connect(read_only_uri, uri=True, isolation_level=None)
@@ -171,7 +181,20 @@ class SqliteStore:
             await run_on_connection(reader, _prepare_reader)
             self._pool.add(reader)
 
+    def intact(self) -> bool:
+        """The database file is still at its path, and is the file the store opened.
+
+        Deleted or replaced, the connections go on with the old file, so writes succeed
+        and reads answer, but nothing of it survives a restart.
+        """
+        return self._file_id is not None and _file_id(self.path) == self._file_id
+
     async def close(self) -> None:
+        self._file_id = None
+        for reader in self._all_readers:
+            # A query still running (its REQ gone with its connection) would hold the
+            # close for up to query_timeout; interrupt() is safe from another thread.
+            reader._conn.interrupt()
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
@@ -220,6 +243,19 @@ class SqliteStore:
             if page:
                 yield page
 
+    async def stats(self) -> StoreStats:
+        """Events stored, and the bytes of the database file and its WAL.
+
+        A bare count(*) walks the leaves of the smallest index, not the rows: about
+        20 ms for 1,000,000 events, on a reader thread.
+        """
+        events = await self.read(lambda db: int(db.execute(COUNT_ALL).fetchone()[0]))
+        return StoreStats(events=events, bytes=_file_bytes(self.path, self.path + "-wal"))
+
+    @property
+    def process_restarts(self) -> int:
+        return self.writes.restarts
+
     async def count(
         self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
     ) -> int:
@@ -228,6 +264,14 @@ class SqliteStore:
             return 0
         owner = object() if owner is None else owner
         return await self.read(lambda db: sqlite_reads.count(db, matchable, now), owner)
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return []
+        return await self.read(lambda db: _negentropy_items(db, matchable, now, max_items))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T], owner: Hashable | None = None) -> T:
         """Run `fn` on a reader, which `owner` gets in its fair turn: one slice.
@@ -325,10 +369,10 @@ class _Slice(Generic[T]):
 
     def _bounded(self, db: sqlite3.Connection) -> T:
         timeout = self.timeout
-        if timeout is None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None:
             db.set_progress_handler(lambda: self.cancelled, PROGRESS_STEPS)
         else:
-            deadline = time.monotonic() + timeout
             db.set_progress_handler(
                 lambda: self.cancelled or time.monotonic() > deadline, PROGRESS_STEPS
             )
@@ -340,6 +384,46 @@ class _Slice(Generic[T]):
             if self.cancelled:
                 self.interrupted = True
                 raise SliceInterrupted("cancelled while it ran") from exc
-            raise QueryTimeout(f"query ran longer than {timeout}s") from exc
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryTimeout(f"query ran longer than {timeout}s") from exc
+            raise  # interrupted by the store closing
         finally:
             db.set_progress_handler(None, 0)
+
+
+def _negentropy_items(
+    db: sqlite3.Connection, filters: list[Filter], now: int, cap: int | None
+) -> list[tuple[int, bytes]]:
+    """Every filter's items from one read transaction: one snapshot for all of them."""
+    db.execute("BEGIN")
+    try:
+        expired = {event_id for (event_id,) in db.execute(sql.EXPIRED_IDS, [now])}
+        # Expired rows may fill the cap of a read that does not exclude them itself.
+        read_cap = None if cap is None else cap + 1 + len(expired)
+        items: list[tuple[int, bytes]] = []
+        for f in filters:
+            rows = db.execute(*sql.negentropy_items(f, now, read_cap)).fetchall()
+            if expired and f.limit is None:
+                rows = [row for row in rows if row[1] not in expired]
+            items.extend(rows)
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
+    if len(filters) > 1:
+        items = sorted(set(items))
+    if cap is not None and len(items) > cap:
+        raise TooManyItems(cap)
+    return items
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
+def _file_bytes(*paths: str) -> int:
+    """Their sizes added up; a missing one (no WAL yet) counts 0."""
+    return sum(os.stat(path).st_size for path in paths if os.path.exists(path))

@@ -1,0 +1,536 @@
+"""NIP-77 negentropy: range-based set reconciliation over (created_at, id), sans-I/O.
+
+Scope: the binary protocol of negentropy version 1 (byte 0x61) as the reference
+implementation speaks it (hoytech/negentropy, docs/negentropy-protocol-v1.md): varints,
+bounds (timestamp delta + shortest id prefix), ranges in the modes Skip / Fingerprint /
+IdList, the fingerprint (first 16 bytes of SHA-256 of the ids' sum mod 2**256, 32 bytes
+little-endian, then the count as a varint), 16 buckets per split, and the frame size limit.
+`Storage` is the sorted set with precomputed prefix sums (a range's fingerprint costs two
+lookups, not a sum over the range); `NegentropyServer` answers messages against it and
+`NegentropyClient` initiates and reconciles. No I/O: the caller hex-encodes and sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import operator
+import sys
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+PROTOCOL_VERSION = 0x61
+# The reference answers any byte of 0x60..0x6f it does not speak with its own version.
+VERSION_RANGE = range(0x60, 0x70)
+ID_SIZE = 32
+FINGERPRINT_SIZE = 16
+# Splitting a mismatched range: this many buckets, or the ids themselves below twice that.
+BUCKETS = 16
+MAX_U64 = 2**64 - 1
+# The "infinity" timestamp that closes the last range; items may not use it.
+INFINITY = MAX_U64
+# The reference refuses smaller limits: below this a split might not fit one message
+# and the exchange would stop making progress.
+MIN_FRAME_SIZE_LIMIT = 4096
+# Room kept free under the limit for the closing fingerprint of what was left out.
+FRAME_SLACK = 200
+_MASK = (1 << 256) - 1
+# The modes encoded as varints (each one byte), written for every range.
+_SKIP = b"\x00"
+_FINGERPRINT = b"\x01"
+_ID_LIST = b"\x02"
+
+
+class NegentropyError(ValueError):
+    """A malformed or unusable negentropy message (the answer is NEG-ERR)."""
+
+
+class Mode(IntEnum):
+    SKIP = 0
+    FINGERPRINT = 1
+    ID_LIST = 2
+
+
+# -- varints and bounds ------------------------------------------------------------------
+
+
+def encode_varint(n: int) -> bytes:
+    """Base-128 digits, most significant first, high bit set on all but the last."""
+    if n < 0:
+        raise ValueError("varints are unsigned")
+    if n < 0x80:
+        return bytes((n,))
+    digits = bytearray()
+    while n:
+        digits.append((n & 0x7F) | 0x80)
+        n >>= 7
+    digits[0] &= 0x7F  # the least significant digit, written last
+    digits.reverse()
+    return bytes(digits)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Bound:
+    """A point in (timestamp, id) order: ids shorter than 32 bytes are padded with zeros."""
+
+    timestamp: int
+    id_prefix: bytes = b""
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        return self.timestamp, self.id_prefix.ljust(ID_SIZE, b"\0")
+
+
+INFINITE_BOUND = Bound(INFINITY)
+
+
+def minimal_bound(prev: tuple[int, bytes], curr: tuple[int, bytes]) -> Bound:
+    """The shortest bound above `prev` and at or below `curr` (two adjacent items)."""
+    if curr[0] != prev[0]:
+        return Bound(curr[0])
+    shared = 0
+    for a, b in zip(prev[1], curr[1], strict=True):
+        if a != b:
+            break
+        shared += 1
+    return Bound(curr[0], curr[1][: shared + 1])
+
+
+class _Reader:
+    """Reads one message; bound timestamps are deltas from the previous one read."""
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+        self.last_timestamp = 0
+
+    @property
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def take(self, count: int) -> bytes:
+        end = self.pos + count
+        if end > len(self.data):
+            raise NegentropyError("message ends in the middle of a field")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def varint(self) -> int:
+        data = self.data
+        pos = self.pos
+        if pos < len(data) and data[pos] < 0x80:  # most varints are one byte
+            self.pos = pos + 1
+            return data[pos]
+        value = 0
+        while True:
+            if pos >= len(data):
+                raise NegentropyError("message ends in the middle of a varint")
+            byte = data[pos]
+            pos += 1
+            value = (value << 7) | (byte & 0x7F)
+            if value > MAX_U64:
+                raise NegentropyError("varint larger than 64 bits")
+            if not byte & 0x80:
+                self.pos = pos
+                return value
+
+    def bound(self) -> Bound:
+        encoded = self.varint()
+        if encoded == 0 or self.last_timestamp == INFINITY:
+            timestamp = INFINITY
+        else:
+            timestamp = min(self.last_timestamp + encoded - 1, INFINITY)
+        self.last_timestamp = timestamp
+        length = self.varint()
+        if length > ID_SIZE:
+            raise NegentropyError("bound id prefix longer than 32 bytes")
+        return Bound(timestamp, self.take(length))
+
+    def ranges(self) -> Iterator[Range]:
+        """The ranges one by one: a reply cut by the frame limit leaves the rest unread."""
+        while not self.at_end:
+            upper = self.bound()
+            mode = self.varint()
+            if mode == Mode.SKIP:
+                yield Range(upper, Mode.SKIP)
+            elif mode == Mode.FINGERPRINT:
+                yield Range(upper, Mode.FINGERPRINT, self.take(FINGERPRINT_SIZE))
+            elif mode == Mode.ID_LIST:
+                count = self.varint()
+                if count * ID_SIZE > len(self.data) - self.pos:
+                    raise NegentropyError("id list longer than the message")
+                blob = self.take(count * ID_SIZE)
+                ids = tuple(blob[i : i + ID_SIZE] for i in range(0, len(blob), ID_SIZE))
+                yield Range(upper, Mode.ID_LIST, ids=ids)
+            else:
+                raise NegentropyError(f"unknown range mode {mode}")
+
+
+class _Writer:
+    """Builds one message; encodes bound timestamps as deltas from the previous one."""
+
+    def __init__(self) -> None:
+        self.out = bytearray((PROTOCOL_VERSION,))
+        self.last_timestamp = 0
+
+    def bound(self, bound: Bound, into: bytearray) -> None:
+        if len(bound.id_prefix) > ID_SIZE:
+            raise ValueError("a bound's id prefix is at most 32 bytes")
+        if bound.timestamp == INFINITY:
+            into += b"\0"
+            self.last_timestamp = INFINITY
+        else:
+            into += encode_varint(bound.timestamp - self.last_timestamp + 1)
+            self.last_timestamp = bound.timestamp
+        into.append(len(bound.id_prefix))  # at most 32: a one-byte varint
+        into += bound.id_prefix
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """One range of a message: everything from the previous range's bound up to `upper`."""
+
+    upper: Bound
+    mode: Mode
+    fingerprint: bytes = b""
+    ids: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    version: int
+    ranges: tuple[Range, ...]
+
+
+def open_message(data: bytes) -> tuple[int, Iterator[Range]]:
+    """The version byte and the ranges, read lazily; another version carries none."""
+    if not data:
+        raise NegentropyError("empty negentropy message")
+    version = data[0]
+    if version not in VERSION_RANGE:
+        raise NegentropyError(f"invalid negentropy protocol version byte 0x{version:02x}")
+    if version != PROTOCOL_VERSION:
+        return version, iter(())
+    return version, _Reader(data, 1).ranges()
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse a whole message; raises NegentropyError."""
+    version, ranges = open_message(data)
+    return Message(version, tuple(ranges))
+
+
+def encode_message(ranges: Iterable[Range]) -> bytes:
+    """A version-1 message holding these ranges, in order."""
+    writer = _Writer()
+    for r in ranges:
+        writer.bound(r.upper, writer.out)
+        writer.out += encode_varint(r.mode)
+        if r.mode == Mode.FINGERPRINT:
+            if len(r.fingerprint) != FINGERPRINT_SIZE:
+                raise ValueError("a fingerprint is 16 bytes")
+            writer.out += r.fingerprint
+        elif r.mode == Mode.ID_LIST:
+            writer.out += encode_varint(len(r.ids))
+            for item_id in r.ids:
+                if len(item_id) != ID_SIZE:
+                    raise ValueError("an id is 32 bytes")
+                writer.out += item_id
+    return bytes(writer.out)
+
+
+def fingerprint(ids: Iterable[bytes]) -> bytes:
+    """The fingerprint of a set of ids, summed one by one: the definition, for tests."""
+    total = 0
+    count = 0
+    for item_id in ids:
+        total += int.from_bytes(item_id, "little")
+        count += 1
+    return _fingerprint_of(total, count)
+
+
+def _fingerprint_of(total: int, count: int) -> bytes:
+    digest = hashlib.sha256((total & _MASK).to_bytes(ID_SIZE, "little") + encode_varint(count))
+    return digest.digest()[:FINGERPRINT_SIZE]
+
+
+# -- storage -------------------------------------------------------------------------------
+
+
+class _Ids(Sequence[bytes]):
+    """The 32-byte ids in one blob, indexable so that bisect can search them."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __len__(self) -> int:
+        return len(self.blob) // ID_SIZE
+
+    def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
+        start = index * ID_SIZE
+        return self.blob[start : start + ID_SIZE]
+
+
+class Storage:
+    """A sorted, sealed set of (timestamp, id) items with prefix sums of the ids.
+
+    Memory: 8 bytes of timestamp, 32 of id and 32 of prefix sum per item (`nbytes`), in
+    three flat buffers rather than a million Python objects. A range's fingerprint is the
+    difference of two prefix sums: O(1) however large the range; finding a bound is a
+    bisection over the timestamps (then over the ids sharing one timestamp).
+    """
+
+    __slots__ = ("_ids", "_prefix", "ids_blob", "timestamps")
+
+    def __init__(self, items: Iterable[tuple[int, bytes]]) -> None:
+        # Already sorted input (as the stores return it) costs timsort one pass.
+        ordered = sorted(items)
+        if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+            ordered = [item for item, _ in itertools.groupby(ordered)]
+        ids = list(map(operator.itemgetter(1), ordered))
+        if ids and set(map(len, ids)) != {ID_SIZE}:
+            raise ValueError("an id is 32 bytes")
+        try:
+            self.timestamps = array("Q", map(operator.itemgetter(0), ordered))
+        except OverflowError:
+            raise ValueError("a timestamp is from 0 to 2**64 - 2") from None
+        if self.timestamps and self.timestamps[-1] == INFINITY:
+            raise ValueError("a timestamp is from 0 to 2**64 - 2")
+        self.ids_blob = b"".join(ids)
+        self._ids = _Ids(self.ids_blob)
+        self._prefix = _prefix_sums(self.ids_blob)
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the three buffers (the Python object headers aside)."""
+        return (
+            len(self.timestamps) * self.timestamps.itemsize + len(self.ids_blob) + len(self._prefix)
+        )
+
+    def item(self, index: int) -> tuple[int, bytes]:
+        return self.timestamps[index], self._ids[index]
+
+    def ids(self, lower: int, upper: int) -> list[bytes]:
+        blob = self.ids_blob
+        return [blob[i : i + ID_SIZE] for i in range(lower * ID_SIZE, upper * ID_SIZE, ID_SIZE)]
+
+    def find_lower_bound(self, bound: Bound, lower: int, upper: int) -> int:
+        """The first index in [lower, upper) whose item is at or above `bound`, else upper."""
+        if bound.timestamp >= INFINITY:
+            return upper
+        first = bisect_left(self.timestamps, bound.timestamp, lower, upper)
+        if not bound.id_prefix.strip(b"\0"):
+            return first  # (timestamp, 0...0) is at or below every item of that timestamp
+        end = bisect_right(self.timestamps, bound.timestamp, first, upper)
+        return bisect_left(self._ids, bound.key[1], first, end)
+
+    def fingerprint(self, lower: int, upper: int) -> bytes:
+        prefix = self._prefix
+        high = int.from_bytes(prefix[upper * ID_SIZE : (upper + 1) * ID_SIZE], "little")
+        low = int.from_bytes(prefix[lower * ID_SIZE : (lower + 1) * ID_SIZE], "little")
+        return _fingerprint_of(high - low, upper - lower)
+
+
+def _prefix_sums(blob: bytes) -> bytes:
+    """Sums of the first 0, 1, ..., n ids mod 2**256, 32 bytes little-endian each.
+
+    Each id is read as four 64-bit words and every word column is summed by
+    itertools.accumulate in C; a plain loop of int.from_bytes takes about twice as long
+    for a million ids.
+    """
+    if sys.byteorder != "little":
+        return _prefix_sums_slow(blob)
+    words = memoryview(blob).cast("Q")
+    columns = [itertools.accumulate(words[c::4], initial=0) for c in range(4)]
+    to_bytes = int.to_bytes
+
+    def combine(a: int, b: int, c: int, d: int) -> bytes:
+        return to_bytes((a + (b << 64) + (c << 128) + (d << 192)) & _MASK, ID_SIZE, "little")
+
+    return b"".join(map(combine, *columns))
+
+
+def _prefix_sums_slow(blob: bytes) -> bytes:
+    total = 0
+    sums = [bytes(ID_SIZE)]
+    for start in range(0, len(blob), ID_SIZE):
+        total = (total + int.from_bytes(blob[start : start + ID_SIZE], "little")) & _MASK
+        sums.append(total.to_bytes(ID_SIZE, "little"))
+    return b"".join(sums)
+
+
+# -- reconciliation ------------------------------------------------------------------------
+
+
+class _Reconciler:
+    """What the client and the server share: answering each range of a message in turn."""
+
+    def __init__(self, storage: Storage, frame_size_limit: int = 0) -> None:
+        if frame_size_limit and frame_size_limit < MIN_FRAME_SIZE_LIMIT:
+            raise ValueError(f"frame_size_limit is 0 (none) or at least {MIN_FRAME_SIZE_LIMIT}")
+        self.storage = storage
+        self.frame_size_limit = frame_size_limit
+
+    def _over_limit(self, size: int) -> bool:
+        return bool(self.frame_size_limit) and size > self.frame_size_limit - FRAME_SLACK
+
+    def _reconcile(self, ranges: Iterable[Range], initiator: bool) -> _Round:
+        state = _Round(self, initiator)
+        for r in ranges:
+            if not state.answer(r):
+                break
+        return state
+
+    def _split(self, writer: _Writer, lower: int, upper: int, upper_bound: Bound) -> bytearray:
+        """A mismatched range in 16 fingerprinted buckets, or its ids when it is small."""
+        out = bytearray()
+        storage = self.storage
+        count = upper - lower
+        if count < BUCKETS * 2:
+            writer.bound(upper_bound, out)
+            out += _ID_LIST
+            out += encode_varint(count)
+            out += storage.ids_blob[lower * ID_SIZE : upper * ID_SIZE]
+            return out
+        per_bucket, extra = divmod(count, BUCKETS)
+        start = lower
+        for bucket in range(BUCKETS):
+            end = start + per_bucket + (1 if bucket < extra else 0)
+            if end == upper:
+                bound = upper_bound
+            else:
+                bound = minimal_bound(storage.item(end - 1), storage.item(end))
+            writer.bound(bound, out)
+            out += _FINGERPRINT
+            out += storage.fingerprint(start, end)
+            start = end
+        return out
+
+
+class _Round:
+    """One message being answered: the ranges written so far and the ids found."""
+
+    def __init__(self, owner: _Reconciler, initiator: bool) -> None:
+        self.owner = owner
+        self.storage = owner.storage
+        self.initiator = initiator
+        self.writer = _Writer()
+        self.have: list[bytes] = []
+        self.need: list[bytes] = []
+        self.prev_index = 0
+        self.prev_bound = Bound(0)
+        # Skipped ranges are merged and written only if something follows them.
+        self.skipping = False
+
+    def answer(self, r: Range) -> bool:
+        """Answer one range; False once the frame is full (the rest is left for later)."""
+        lower = self.prev_index
+        upper = self.storage.find_lower_bound(r.upper, lower, len(self.storage))
+        out = bytearray()
+        if r.mode == Mode.SKIP:
+            self.skipping = True
+        elif r.mode == Mode.FINGERPRINT:
+            if r.fingerprint == self.storage.fingerprint(lower, upper):
+                self.skipping = True
+            else:
+                self._flush_skip(out)
+                out += self.owner._split(self.writer, lower, upper, r.upper)
+        elif self.initiator:
+            self._compare_ids(r.ids, lower, upper)
+            self.skipping = True
+        else:
+            self._flush_skip(out)
+            sent = self._send_ids(out, lower, upper, r.upper)
+            if sent < upper:
+                return self._close_with_fingerprint(out, sent)
+        if self.owner._over_limit(len(self.writer.out) + len(out)):
+            return self._close_with_fingerprint(bytearray(), lower)
+        self.writer.out += out
+        self.prev_index = upper
+        self.prev_bound = r.upper
+        return True
+
+    def _flush_skip(self, out: bytearray) -> None:
+        if self.skipping:
+            self.skipping = False
+            self.writer.bound(self.prev_bound, out)
+            out += _SKIP
+
+    def _compare_ids(self, theirs: Sequence[bytes], lower: int, upper: int) -> None:
+        their_ids = set(theirs)
+        for item_id in self.storage.ids(lower, upper):
+            if item_id in their_ids:
+                their_ids.discard(item_id)
+            else:
+                self.have.append(item_id)
+        # Their order, not a set's: deterministic results.
+        self.need.extend(i for i in dict.fromkeys(theirs) if i in their_ids)
+
+    def _send_ids(self, out: bytearray, lower: int, upper: int, upper_bound: Bound) -> int:
+        """Our ids of the range, as many as fit; returns the index after the last one sent."""
+        end = upper
+        limit = self.owner.frame_size_limit
+        if limit:
+            room = limit - FRAME_SLACK - len(self.writer.out) - len(out) - 2 * 10 - ID_SIZE - 3
+            end = min(upper, lower + max(room, 0) // ID_SIZE)
+        if end == lower and lower < upper:
+            return lower  # nothing fits: the closing fingerprint covers the whole range
+        bound = (
+            upper_bound
+            if end == upper
+            else minimal_bound(self.storage.item(end - 1), self.storage.item(end))
+        )
+        self.writer.bound(bound, out)
+        out += _ID_LIST
+        out += encode_varint(end - lower)
+        out += self.storage.ids_blob[lower * ID_SIZE : end * ID_SIZE]
+        return end
+
+    def _close_with_fingerprint(self, out: bytearray, start: int) -> bool:
+        """End the message: `out` so far, then one fingerprint for everything from `start`."""
+        self.writer.out += out
+        self.writer.bound(INFINITE_BOUND, self.writer.out)
+        self.writer.out += _FINGERPRINT
+        self.writer.out += self.storage.fingerprint(start, len(self.storage))
+        return False
+
+
+class NegentropyServer(_Reconciler):
+    """The relay's side: answers each client message against one sealed storage."""
+
+    def answer(self, query: bytes) -> bytes:
+        """The reply to one message; raises NegentropyError for a malformed one."""
+        version, ranges = open_message(query)
+        if version != PROTOCOL_VERSION:
+            return bytes((PROTOCOL_VERSION,))
+        return bytes(self._reconcile(ranges, initiator=False).writer.out)
+
+
+class NegentropyClient(_Reconciler):
+    """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done."""
+
+    def initiate(self) -> bytes:
+        writer = _Writer()
+        writer.out += self._split(writer, 0, len(self.storage), INFINITE_BOUND)
+        return bytes(writer.out)
+
+    def reconcile(self, reply: bytes) -> tuple[bytes | None, list[bytes], list[bytes]]:
+        """(next message or None when in sync, ids we have and they lack, ids we need)."""
+        version, ranges = open_message(reply)
+        if version != PROTOCOL_VERSION:
+            raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
+        state = self._reconcile(ranges, initiator=True)
+        out = bytes(state.writer.out)
+        return (out if len(out) > 1 else None), state.have, state.need

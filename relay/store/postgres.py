@@ -1,0 +1,320 @@
+"""PostgreSQL storage through asyncpg, for several relay processes on one database.
+
+Chosen with `--db postgresql://user@host/dbname` (relay/app.py). One connection writes,
+a pool of `readers` connections answers queries; both come back by themselves when the
+server restarts (asyncpg's pools reconnect on the next acquire).
+
+Writes. A batch from the writer is one call of the server-side function relay_save_batch
+(postgres_v1.sql) inside one transaction: one round trip applies every event in order,
+with the rules of store/memory.py, and the outcomes are returned once COMMIT has
+returned (synchronous_commit is forced on for the writer connection).
+
+Several writers at once. Every rule of the store is about one pubkey: an address is
+(kind, pubkey, d); a deletion or a request to vanish erases only its author's events
+(and, for vanish, the gift wraps addressed to that author); a duplicate id has one author.
+So each batch first takes a transaction-level advisory lock per pubkey it touches (the
+authors, and each gift wrap's recipients), in sorted order, and holds them until its
+commit. Two batches that share a pubkey, from this process or another, then run one after
+the other, the second seeing everything the first committed (READ COMMITTED takes a fresh
+snapshot per statement, after the lock was granted), so the end state is that of some
+serial order: newest version wins ties to the lowest id, a deleted or vanished event
+cannot come back, whatever instance it arrives on. Batches on disjoint pubkeys run in
+parallel. Sorted acquisition means batches never wait on each other's advisory locks in a
+cycle. The unique constraints (event id, one row per address) stay as a backstop.
+
+Considered and not taken: SERIALIZABLE with retries would redo a whole batch of up to a
+thousand events on any overlap, which the hot pubkeys of a busy relay would make common;
+ON CONFLICT alone cannot express "keep the newer, ties to the lowest id" together with
+the tombstone checks. A rare deadlock on row locks remains possible (a deletion by a gift
+wrap's author racing a request to vanish by its recipient); PostgreSQL then aborts one
+transaction, and that batch is retried whole, its rollback having left nothing behind.
+
+Expired events are purged in chunks that skip rows a concurrent batch holds (FOR UPDATE
+SKIP LOCKED), so a purge never waits on a writer.
+
+NIP-50 search uses PostgreSQL's full-text search: each event's words (cut in Python by
+core/search.py, see store/pg_batch.py) are stored as a tsvector with a GIN index, a
+search is a tsquery of all its words, ranked by ts_rank. With search off the column is
+left NULL; switched on again, the words of the events written meanwhile are filled in on
+open. Every instance on one database should share the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
+from importlib import resources
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from relay.core.canonical import loads
+from relay.core.event import Event
+from relay.core.filters import Filter
+from relay.store import pg_batch, pg_sql
+from relay.store.base import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    QueryTimeout,
+    SaveOutcome,
+    TooManyItems,
+    check_page_bounds,
+    split_pages,
+)
+
+log = logging.getLogger("relay.postgres")
+T = TypeVar("T")
+# Every connection of the store comes from one of its two pools.
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+SCHEMA_VERSION = 1
+# Advisory lock key for migrations (b"pyrelay!"); pubkey keys collide with it only by
+# chance, which would merely make a start wait for a batch.
+MIGRATION_LOCK = int.from_bytes(b"pyrelay!", "big", signed=True)
+CONNECT_TIMEOUT = 10.0
+# Attempts at a batch that PostgreSQL aborted to break a deadlock.
+SAVE_ATTEMPTS = 3
+PURGE_CHUNK = 1000
+FILL_CHUNK = 1000
+
+SAVE_BATCH = "SELECT relay_save_batch(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
+
+
+def describe(dsn: str) -> str:
+    """The database's address without any password, for messages."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def load_migration(version: int) -> str:
+    name = f"postgres_v{version}.sql"
+    return resources.files("relay.store").joinpath(name).read_text(encoding="utf-8")
+
+
+async def migrate(conn: Conn) -> None:
+    """Bring the schema to SCHEMA_VERSION; instances starting together take turns."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        if current > SCHEMA_VERSION:
+            raise OSError(
+                f"the database has schema version {current}, newer than this relay's "
+                f"{SCHEMA_VERSION}: upgrade the relay"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            await conn.execute(load_migration(version))
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            log.info("database schema migrated to version %d", version)
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        readers: int = 2,
+        query_timeout: float | None = None,
+        search: bool = True,
+        durable: bool = True,
+    ) -> None:
+        self.dsn = dsn
+        # False only for tests: a commit returns before its WAL reaches the disk.
+        self.durable = durable
+        self.reader_count = readers
+        self.query_timeout = query_timeout
+        self.search = search
+        self._writer: asyncpg.Pool | None = None
+        self._readers: asyncpg.Pool | None = None
+        # One batch or purge chunk at a time, in the order the writer hands them over.
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            await self._connect()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            await self.close()
+            raise OSError(f"cannot open database {describe(self.dsn)}: {exc}") from exc
+
+    async def _connect(self) -> None:
+        self._writer = await asyncpg.create_pool(
+            self.dsn,
+            min_size=1,
+            max_size=1,
+            timeout=CONNECT_TIMEOUT,
+            # OK true means committed to disk, whatever the server's default says.
+            server_settings={
+                "synchronous_commit": "on" if self.durable else "off",
+                "application_name": "pyrelay",
+            },
+        )
+        async with self._writer.acquire() as conn:
+            await migrate(conn)
+            await self._prepare_search(conn)
+        reader_settings = {"application_name": "pyrelay", "default_transaction_read_only": "on"}
+        if self.query_timeout is not None:
+            reader_settings["statement_timeout"] = str(max(1, int(self.query_timeout * 1000)))
+        self._readers = await asyncpg.create_pool(
+            self.dsn,
+            min_size=self.reader_count,
+            max_size=self.reader_count,
+            timeout=CONNECT_TIMEOUT,
+            server_settings=reader_settings,
+        )
+
+    def intact(self) -> bool:
+        """Open: the database lives on its server, which reports failures as failed commits
+        (the writer's health), not as a file gone from under it."""
+        return self._writer is not None
+
+    async def close(self) -> None:
+        for pool in (self._readers, self._writer):
+            if pool is not None:
+                await pool.close()
+        self._readers = self._writer = None
+
+    async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
+        if not events:
+            return []
+        args = pg_batch.batch_args(events, self.search).as_tuple()
+        async with self._write_lock:
+            codes = await self._write(lambda conn: _save_batch(conn, args))
+        return pg_batch.outcomes_of(codes)
+
+    async def purge_expired(self, now: int) -> int:
+        purged = 0
+        while True:
+            # A chunk per transaction: batches get the writer between chunks.
+            async with self._write_lock:
+                chunk: int = await self._write(
+                    lambda conn: conn.fetchval(
+                        "SELECT relay_purge_expired($1, $2)", now, PURGE_CHUNK
+                    )
+                )
+            purged += chunk
+            if chunk < PURGE_CHUNK:
+                return purged
+
+    async def query(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> list[bytes]:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return []
+        statement, params = pg_sql.select_events(matchable, now)
+        rows = await self._read(lambda conn: conn.fetch(statement, *params))
+        return [row[0] for row in rows]
+
+    async def query_pages(
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        *,
+        owner: Hashable | None = None,
+        page_events: int = PAGE_EVENTS,
+        page_bytes: int = PAGE_BYTES,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """query() cut into pages (EventStore.query_pages' bounds). Read in one statement:
+        asyncpg's pool hands connections out as they come, with no owner's turn."""
+        check_page_bounds(page_events, page_bytes)
+        for page in split_pages(await self.query(filters, now), page_events, page_bytes):
+            yield page
+
+    async def count(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> int:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return 0
+        statement, params = pg_sql.count_events(matchable, now)
+        found: int = await self._read(lambda conn: conn.fetchval(statement, *params))
+        return found
+
+    async def negentropy_items(
+        self, filters: Sequence[Filter], now: int, max_items: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        matchable = [f for f in filters if f.can_match]
+        if not matchable:
+            return []
+        statement, params = pg_sql.negentropy_items(matchable, now, max_items)
+        rows = await self._read(lambda conn: conn.fetch(statement, *params))
+        if max_items is not None and len(rows) > max_items:
+            raise TooManyItems(max_items)
+        return [(row[0], row[1]) for row in rows]
+
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            try:
+                async with self._writer.acquire() as conn:
+                    return await fn(conn)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == SAVE_ATTEMPTS:
+                    raise
+                log.warning("a write was aborted to break a deadlock; retrying it")
+        raise AssertionError("unreachable")
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        if self._readers is None:
+            raise RuntimeError("store is not open")
+        try:
+            async with self._readers.acquire() as conn:
+                return await fn(conn)
+        except asyncpg.QueryCanceledError as exc:
+            raise QueryTimeout(f"query ran longer than {self.query_timeout}s") from exc
+
+    async def _prepare_search(self, conn: Conn) -> None:
+        """Record whether every event has its search words; fill them in when search is
+        on and some were written with it off."""
+        state = await conn.fetchval("SELECT value FROM relay_meta WHERE key = 'search_words'")
+        if not self.search:
+            if state != "partial":
+                await _set_meta(conn, "search_words", "partial")
+            return
+        if state == "partial":
+            filled = await _fill_search_words(conn)
+            log.info("search words filled in for %d events written with search off", filled)
+        if state != "complete":
+            await _set_meta(conn, "search_words", "complete")
+
+
+async def _save_batch(conn: Conn, args: tuple[Any, ...]) -> list[int]:
+    async with conn.transaction():
+        codes: list[int] = await conn.fetchval(SAVE_BATCH, *args)
+    return codes
+
+
+async def _set_meta(conn: Conn, key: str, value: str) -> None:
+    await conn.execute(
+        "INSERT INTO relay_meta (key, value) VALUES ($1, $2)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        key,
+        value,
+    )
+
+
+async def _fill_search_words(conn: Conn) -> int:
+    last, filled = 0, 0
+    while True:
+        rows = await conn.fetch(
+            "SELECT seq, raw FROM events WHERE seq > $1 AND search IS NULL ORDER BY seq LIMIT $2",
+            last,
+            FILL_CHUNK,
+        )
+        if not rows:
+            return filled
+        seqs = [row[0] for row in rows]
+        vectors = [pg_batch.search_vector(str(loads(row[1])["content"])) for row in rows]
+        await conn.execute(
+            "UPDATE events SET search = v.words::tsvector"
+            " FROM unnest($1::bigint[], $2::text[]) AS v(seq, words) WHERE events.seq = v.seq",
+            seqs,
+            vectors,
+        )
+        last, filled = seqs[-1], filled + len(rows)
