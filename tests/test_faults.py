@@ -221,7 +221,7 @@ async def test_closing_the_store_interrupts_a_read_still_running(tmp_path: Path)
         started.set()
         return db.execute(LONG_READ).fetchone()
 
-    reading = asyncio.create_task(store._read(long_read))
+    reading = asyncio.create_task(store.read(long_read))
     assert await asyncio.to_thread(started.wait, 5)
     await asyncio.sleep(0.05)  # past started.set(): the statement is running
     await store.close()

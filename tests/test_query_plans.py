@@ -20,11 +20,15 @@ AUTHOR = "a" * 64
 EVENT = "b" * 64
 
 
-def plan(filter_json: dict[str, Any]) -> str:
+def explain(query: sql.Query) -> str:
     db = sqlite3.connect(":memory:")
     db.executescript(load_schema())
-    statement, params = sql.select_events(parse_filter(filter_json), int(time.time()))
+    statement, params = query
     return " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement, params))
+
+
+def plan(filter_json: dict[str, Any]) -> str:
+    return explain(sql.select_events(parse_filter(filter_json), int(time.time())))
 
 
 @pytest.mark.parametrize(
@@ -41,6 +45,11 @@ def plan(filter_json: dict[str, Any]) -> str:
 )
 def test_each_shape_searches_its_index(filter_json: dict[str, Any], index: str) -> None:
     assert f"USING INDEX {index}" in plan(filter_json)
+    # The pages after the first go on from a position by the same index.
+    f = parse_filter(filter_json)
+    for columns in (sql.ROW_WITH_SEQ, sql.ROW_WITH_RAW, sql.RAW_ONLY):
+        page = sql.select_page(f, int(time.time()), (1_700_000_000, b"\x01" * 32), 500, columns)
+        assert f"USING INDEX {index}" in explain(page)
 
 
 def test_authors_with_kinds_do_not_walk_the_kind_index() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence, Set
@@ -325,21 +326,30 @@ class RelayServer:
     async def query_pages(
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]:
-        """Stored matches page by page (the session caps the REQ as a whole)."""
-        started = time.perf_counter()
-        found = await self.store.query(filters, int(time.time()))
-        cap = self.settings.max_req_results
-        self.metrics.query_done(time.perf_counter() - started, limit_hit(filters, len(found), cap))
-        page: list[bytes] = []
-        size = 0
-        for raw in found:
-            page.append(raw)
-            size += len(raw)
-            if len(page) >= self.settings.query_page_events or size >= page_bytes:
-                yield page
-                page, size = [], 0
-        if page:
-            yield page
+        """Stored matches page by page, each page read in `owner`'s fair turn for a reader
+        and only when asked for (the session caps the REQ as a whole)."""
+        pages = self.store.query_pages(
+            filters,
+            int(time.time()),
+            owner=owner,
+            page_events=self.settings.query_page_events,
+            page_bytes=page_bytes,
+        )
+        found = 0
+        reading = 0.0  # time spent waiting for the store, not for the client
+        try:
+            async with contextlib.aclosing(pages):
+                while True:
+                    started = time.perf_counter()
+                    page = await anext(pages, None)
+                    reading += time.perf_counter() - started
+                    if page is None:
+                        break
+                    found += len(page)
+                    yield page
+        finally:
+            cap = self.settings.max_req_results
+            self.metrics.query_done(reading, limit_hit(filters, found, cap))
 
     async def negentropy_items(
         self, filter: Filter, readers: frozenset[str], owner: object
@@ -401,15 +411,15 @@ class RelayServer:
         all matches, minus the private ones, plus the private ones readers may see.
         """
         now = int(time.time())
-        total = await self.store.count(filters, now)
+        total = await self.store.count(filters, now, owner=owner)
         dm_kinds = self.auth.dm_kinds
         if not auth.could_return_private(filters, dm_kinds):
             return total
-        private = await self.store.count(auth.private_parts(filters, dm_kinds), now)
+        private = await self.store.count(auth.private_parts(filters, dm_kinds), now, owner=owner)
         if not private:
             return total
         readable = auth.readable_parts(filters, readers, dm_kinds)
-        allowed = await self.store.count(readable, now) if readable else 0
+        allowed = await self.store.count(readable, now, owner=owner) if readable else 0
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
 

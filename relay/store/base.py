@@ -1,8 +1,8 @@
-"""The storage interface every backend implements, and the outcome of a save."""
+"""The storage interface every backend implements, the outcome of a save, and paging."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -10,9 +10,16 @@ from typing import Protocol, runtime_checkable
 from relay.core.event import Event
 from relay.core.filters import Filter
 
+# Default bounds of one page of query_pages: events, and bytes of raw JSON (a page ends
+# after the event that crosses it). A page is one slice on a reader: large enough that
+# the usual REQ (limit 500 or less) is one slice, small enough that a query of big events
+# hands its reader back after about a mebibyte.
+PAGE_EVENTS = 500
+PAGE_BYTES = 1 << 20
+
 
 class QueryTimeout(Exception):
-    """A query ran past the store's time limit and was interrupted."""
+    """A query (one slice of it, for query_pages) ran past the store's time limit."""
 
 
 class TooManyItems(Exception):
@@ -54,11 +61,34 @@ class EventStore(Protocol):
         """Apply events in order in one durable transaction; returns once committed."""
         ...
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
-        """Raw JSON of stored, unexpired matches: newest first, ties by id, per-filter limit."""
+    async def query(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> list[bytes]:
+        """Raw JSON of stored, unexpired matches: newest first, ties by id, each filter's
+        limit, an event several filters match once. The pages of query_pages, joined."""
         ...
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int: ...
+    def query_pages(
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        *,
+        owner: Hashable | None = None,
+        page_events: int = PAGE_EVENTS,
+        page_bytes: int = PAGE_BYTES,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """query()'s events in the same order, page by page: at most `page_events` events
+        and about `page_bytes` bytes a page (it ends after the event that crosses it); never
+        an empty page. Reads of different owners (the relay passes its connection; None is
+        an owner of its own) share the readers fairly, page by page. Closing the iterator
+        or cancelling its reader stops the read at once."""
+        ...
+
+    async def count(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> int:
+        """Distinct stored, unexpired events matching any filter; limits ignored."""
+        ...
 
     async def negentropy_items(
         self, filters: Sequence[Filter], now: int, max_items: int | None = None
@@ -101,3 +131,22 @@ class StatsSource(Protocol):
     def process_restarts(self) -> int:
         """Times the store's own child process was started again after it died."""
         ...
+
+
+def check_page_bounds(page_events: int, page_bytes: int) -> None:
+    if page_events < 1 or page_bytes < 1:
+        raise ValueError("a page holds at least one event and one byte")
+
+
+def split_pages(raws: Iterable[bytes], page_events: int, page_bytes: int) -> Iterator[list[bytes]]:
+    """Cut a result into pages under the bounds of query_pages (a store that has it whole)."""
+    page: list[bytes] = []
+    size = 0
+    for raw in raws:
+        page.append(raw)
+        size += len(raw)
+        if len(page) >= page_events or size >= page_bytes:
+            yield page
+            page, size = [], 0
+    if page:
+        yield page

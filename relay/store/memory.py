@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Hashable, Sequence
 
 from relay.core import vanish
 from relay.core.event import Event, newer
 from relay.core.filters import Filter
 from relay.store import rules
-from relay.store.base import SaveOutcome, TooManyItems
+from relay.store.base import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    SaveOutcome,
+    TooManyItems,
+    check_page_bounds,
+    split_pages,
+)
 
 Address = tuple[int, str, str]
 
@@ -109,11 +116,29 @@ class MemoryStore:
         )
         return found if f.limit is None else found[: f.limit]
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+    async def query(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> list[bytes]:
         found = {e.id: e for f in filters for e in self._matching(f, now)}
         return [e.raw for e in sorted(found.values(), key=sort_key)]
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
+    async def query_pages(
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        *,
+        owner: Hashable | None = None,
+        page_events: int = PAGE_EVENTS,
+        page_bytes: int = PAGE_BYTES,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """query() cut into pages: in memory there is nothing to share or interrupt."""
+        check_page_bounds(page_events, page_bytes)
+        for page in split_pages(await self.query(filters, now), page_events, page_bytes):
+            yield page
+
+    async def count(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> int:
         unlimited = [f.with_limit(None) for f in filters]
         return len({e.id for f in unlimited for e in self._matching(f, now)})
 

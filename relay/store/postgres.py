@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 from importlib import resources
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
@@ -55,7 +55,15 @@ from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.store import pg_batch, pg_sql
-from relay.store.base import QueryTimeout, SaveOutcome, TooManyItems
+from relay.store.base import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    QueryTimeout,
+    SaveOutcome,
+    TooManyItems,
+    check_page_bounds,
+    split_pages,
+)
 
 log = logging.getLogger("relay.postgres")
 T = TypeVar("T")
@@ -192,7 +200,9 @@ class PostgresStore:
             if chunk < PURGE_CHUNK:
                 return purged
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
+    async def query(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> list[bytes]:
         matchable = [f for f in filters if f.can_match]
         if not matchable:
             return []
@@ -205,25 +215,19 @@ class PostgresStore:
         filters: Sequence[Filter],
         now: int,
         *,
-        owner: object,
-        page_events: int,
-        page_bytes: int,
-    ) -> AsyncIterator[list[bytes]]:
-        """query()'s events in pages of at most `page_events` events and about
-        `page_bytes` bytes (a page holds at least one event)."""
-        found = await self.query(filters, now)
-        page: list[bytes] = []
-        size = 0
-        for raw in found:
-            if page and (len(page) >= page_events or size + len(raw) > page_bytes):
-                yield page
-                page, size = [], 0
-            page.append(raw)
-            size += len(raw)
-        if page:
+        owner: Hashable | None = None,
+        page_events: int = PAGE_EVENTS,
+        page_bytes: int = PAGE_BYTES,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """query() cut into pages (EventStore.query_pages' bounds). Read in one statement:
+        asyncpg's pool hands connections out as they come, with no owner's turn."""
+        check_page_bounds(page_events, page_bytes)
+        for page in split_pages(await self.query(filters, now), page_events, page_bytes):
             yield page
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
+    async def count(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> int:
         matchable = [f for f in filters if f.can_match]
         if not matchable:
             return 0

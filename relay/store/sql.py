@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,29 +81,69 @@ def _driving_tag(f: Filter) -> tuple[str, str] | None:
     return None
 
 
+def _source(f: Filter, now: int, params: list[Any]) -> tuple[str, list[str], str]:
+    """FROM clause, WHERE conditions and the created_at column to order by, for a filter
+    without search: the tag index when one tag value drives the scan, else the events."""
+    driving = _driving_tag(f)
+    if driving is None:
+        return "events e", _where(f, now, params, skip_tag=None), "e.created_at"
+    name, value = driving
+    params.extend([name, value])
+    conditions = ["t.name = ?", "t.value = ?", *_where(f, now, params, skip_tag=name)]
+    return "tags t JOIN events e ON e.seq = t.seq", conditions, "t.created_at"
+
+
 def select_events(f: Filter, now: int) -> Query:
     """Raw JSON of the events matching `f`, newest first, ties by id, up to f.limit."""
     params: list[Any] = []
-    driving = _driving_tag(f)
     if f.search:
         # NIP-50: most relevant first (bm25), then newest.
         source = "events_fts JOIN events e ON e.seq = events_fts.rowid"
         order = "events_fts.rank, e.created_at DESC, e.id"
         params.append(fts_match(f.search))
         conditions = ["events_fts MATCH ?", *_where(f, now, params, None, skip_search=True)]
-    elif driving is None:
-        source, order = "events e", "e.created_at DESC, e.id"
-        conditions = _where(f, now, params, skip_tag=None)
     else:
-        name, value = driving
-        source, order = "tags t JOIN events e ON e.seq = t.seq", "t.created_at DESC, e.id"
-        params.extend([name, value])
-        conditions = ["t.name = ?", "t.value = ?", *_where(f, now, params, skip_tag=name)]
+        source, conditions, time = _source(f, now, params)
+        order = f"{time} DESC, e.id"
     sql = f"SELECT e.raw FROM {source} WHERE {' AND '.join(conditions)} ORDER BY {order}"
     if f.limit is not None:
         sql += " LIMIT ?"
         params.append(f.limit)
     return sql, params
+
+
+# A page row: (created_at, id, raw or seq, size of raw). With the raw JSON a row is ready to
+# send; with the seq it is a key read ahead, whose raw JSON is fetched when its page is sent.
+ROW_WITH_RAW = "e.created_at, e.id, e.raw, length(e.raw)"
+ROW_WITH_SEQ = "e.created_at, e.id, e.seq, length(e.raw)"
+# Only the raw JSON: one filter alone needs no key but the last row's.
+RAW_ONLY = "e.raw"
+# A position in a filter's results: the (created_at, id) of the last row passed.
+Key = tuple[int, bytes]
+
+
+def select_page(f: Filter, now: int, after: Key | None, limit: int, columns: str) -> Query:
+    """The next `limit` rows of a filter without search after `after` (keyset continuation
+    on created_at DESC, id ASC): ROW_WITH_RAW, ROW_WITH_SEQ or RAW_ONLY columns."""
+    params: list[Any] = []
+    source, conditions, time = _source(f, now, params)
+    if after is not None:
+        created_at, event_id = after
+        # The first term bounds the index range like `until`; the second drops the ties
+        # already passed.
+        conditions += [f"{time} <= ?", f"({time} < ? OR e.id > ?)"]
+        params += [created_at, created_at, event_id]
+    sql = (
+        f"SELECT {columns} FROM {source} WHERE {' AND '.join(conditions)}"
+        f" ORDER BY {time} DESC, e.id LIMIT ?"
+    )
+    params.append(limit)
+    return sql, params
+
+
+def select_by_seq(seqs: Sequence[int]) -> Query:
+    """The raw JSON of rows read ahead as keys, by seq (with the id, to check it)."""
+    return f"SELECT seq, id, raw FROM events WHERE seq IN ({_placeholders(len(seqs))})", list(seqs)
 
 
 @dataclass(frozen=True)
@@ -113,7 +153,7 @@ class NewestFirst:
     The plain query fetches every candidate row (all of ten authors' kind-1 notes, say)
     to sort them; here `cutoff` finds the created_at of the limit-th newest candidate from
     the index alone, and `bounded(cutoff)` fetches only the rows at or after it, as
-    (created_at, id, raw) in no particular order: SQLite's sorter copies each raw event
+    ROW_WITH_RAW rows in no particular order: SQLite's sorter copies each raw event
     and doubles the time of the read, sorting them in Python does not. That is exact when
     at least `limit` rows come back; fewer means expired events were among the newest
     candidates (expiration is not in the index), and the plain query has to run instead.
@@ -180,7 +220,7 @@ def newest_first(f: Filter, now: int) -> NewestFirst | None:
     params: list[Any] = [now]
     where = _index_conditions(f, params, "e.")
     statement = (
-        f"SELECT e.created_at, e.id, e.raw FROM events e INDEXED BY {index}"
+        f"SELECT {ROW_WITH_RAW} FROM events e INDEXED BY {index}"
         f" WHERE e.created_at >= ? AND (e.expiration IS NULL OR e.expiration > ?) AND {where}"
     )
     return NewestFirst(cutoff, statement, params, f.limit)

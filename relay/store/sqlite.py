@@ -3,6 +3,9 @@
 One connection writes, on aiosqlite's thread or in a process of its own
 (relay/store/write_process.py); a small pool of read-only connections answers queries,
 so a long query never holds up the writer (WAL readers see the last committed snapshot).
+The readers go round robin between the relay's connections (store/readers.py), one slice
+at a time: a query is read page by page (store/sqlite_reads.py), each page one slice, and
+a cancelled slice is interrupted inside SQLite.
 """
 
 from __future__ import annotations
@@ -10,20 +13,30 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiosqlite
 
 from relay.child import ChildStartError
-from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.retention import Retention
-from relay.store import sql, sqlite_writes
-from relay.store.base import QueryTimeout, SaveOutcome, StoreStats, TooManyItems
+from relay.store import sql, sqlite_reads, sqlite_writes
+from relay.store.base import (
+    PAGE_BYTES,
+    PAGE_EVENTS,
+    QueryTimeout,
+    SaveOutcome,
+    StoreStats,
+    TooManyItems,
+    check_page_bounds,
+    split_pages,
+)
+from relay.store.readers import FairPool
 from relay.store.sqlite_writes import SCHEMA_VERSION, load_schema
 from relay.store.write_process import WriteProcess
 
@@ -148,8 +161,11 @@ class SqliteStore:
             if write_process
             else ThreadWrites(self.path, synchronous, search, retention)
         )
-        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._pool: FairPool[aiosqlite.Connection] = FairPool()
         self._all_readers: list[aiosqlite.Connection] = []
+        # Slices stopped by interrupt() because their task was cancelled (CLOSE, a
+        # replaced REQ, a closed connection): for tests and the operator's curiosity.
+        self.interrupted = 0
         # (device, inode) of the database file once open: see intact().
         self._file_id: tuple[int, int] | None = None
 
@@ -169,9 +185,8 @@ class SqliteStore:
         for _ in range(self.reader_count):
             reader = await _connect(read_only_uri, uri=True, isolation_level=None)
             self._all_readers.append(reader)
-            await reader.execute("PRAGMA busy_timeout = 5000")
-            await reader.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
-            self._readers.put_nowait(reader)
+            await run_on_connection(reader, _prepare_reader)
+            self._pool.add(reader)
 
     def intact(self) -> bool:
         """The database file is still at its path, and is the file the store opened.
@@ -205,20 +220,35 @@ class SqliteStore:
     async def purge_expired(self, now: int) -> int:
         return await self.writes.purge_expired(now)
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        reader = await self._readers.get()
-        if self.query_timeout is not None:
-            fn = _with_deadline(fn, self.query_timeout)
-        try:
-            return await run_on_connection(reader, fn)
-        finally:
-            self._readers.put_nowait(reader)
+    async def query(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> list[bytes]:
+        return [raw async for page in self.query_pages(filters, now, owner=owner) for raw in page]
 
-    async def query(self, filters: Sequence[Filter], now: int) -> list[bytes]:
-        reads = [sql.read_events(f, now) for f in filters if f.can_match]
-        if not reads:
-            return []
-        return await self._read(lambda db: _run_reads(db, reads))
+    async def query_pages(
+        self,
+        filters: Sequence[Filter],
+        now: int,
+        *,
+        owner: Hashable | None = None,
+        page_events: int = PAGE_EVENTS,
+        page_bytes: int = PAGE_BYTES,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """See EventStore.query_pages; query_timeout bounds each page (each slice)."""
+        check_page_bounds(page_events, page_bytes)
+        owner = object() if owner is None else owner
+        matchable = [f for f in filters if f.can_match and f.limit != 0]
+        if any(f.search for f in matchable):
+            # NIP-50 results are ranked by relevance, not by time: no keyset to go on from.
+            found = await self.read(lambda db: sqlite_reads.read_all(db, matchable, now), owner)
+            for page in split_pages(found, page_events, page_bytes):
+                yield page
+            return
+        paged = sqlite_reads.PagedQuery(matchable, now, page_events, page_bytes)
+        while not paged.finished:
+            page = await self.read(paged.next_page, owner)
+            if page:
+                yield page
 
     async def stats(self) -> StoreStats:
         """Events stored, and the bytes of the database file and its WAL.
@@ -226,19 +256,21 @@ class SqliteStore:
         A bare count(*) walks the leaves of the smallest index, not the rows: about
         20 ms for 1,000,000 events, on a reader thread.
         """
-        events = await self._read(lambda db: int(db.execute(COUNT_ALL).fetchone()[0]))
+        events = await self.read(lambda db: int(db.execute(COUNT_ALL).fetchone()[0]))
         return StoreStats(events=events, bytes=_file_bytes(self.path, self.path + "-wal"))
 
     @property
     def process_restarts(self) -> int:
         return self.writes.restarts
 
-    async def count(self, filters: Sequence[Filter], now: int) -> int:
+    async def count(
+        self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
+    ) -> int:
         matchable = [f for f in filters if f.can_match]
         if not matchable:
             return 0
-        statement, params = sql.count_events(matchable, now)
-        return await self._read(lambda db: int(db.execute(statement, params).fetchone()[0]))
+        owner = object() if owner is None else owner
+        return await self.read(lambda db: sqlite_reads.count(db, matchable, now), owner)
 
     async def negentropy_items(
         self, filters: Sequence[Filter], now: int, max_items: int | None = None
@@ -246,7 +278,124 @@ class SqliteStore:
         matchable = [f for f in filters if f.can_match]
         if not matchable:
             return []
-        return await self._read(lambda db: _negentropy_items(db, matchable, now, max_items))
+        return await self.read(lambda db: _negentropy_items(db, matchable, now, max_items))
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T], owner: Hashable | None = None) -> T:
+        """Run `fn` on a reader, which `owner` gets in its fair turn: one slice.
+
+        Cancelled while it waits, the slice never runs. Cancelled while it runs, SQLite is
+        interrupted, and the reader goes back to the pool only once its thread has left
+        `fn`, so the next slice does not queue behind the abandoned one.
+        """
+        owner = object() if owner is None else owner
+        reader = await self._pool.acquire(owner)
+        job = _Slice(fn, self.query_timeout)
+        try:
+            result = await run_on_connection(reader, job.run)
+        except asyncio.CancelledError:
+            loop = asyncio.get_running_loop()
+            job.abandon(
+                reader,
+                on_loop=lambda: self._slice_abandoned(job, owner, reader),
+                on_thread=lambda: loop.call_soon_threadsafe(
+                    self._slice_abandoned, job, owner, reader
+                ),
+            )
+            raise
+        except BaseException:
+            self._pool.release(owner, reader)
+            raise
+        self._pool.release(owner, reader)
+        return result
+
+    def _slice_abandoned(
+        self, job: _Slice[Any], owner: Hashable, reader: aiosqlite.Connection
+    ) -> None:
+        if job.interrupted:
+            self.interrupted += 1
+        self._pool.release(owner, reader)
+
+
+def _prepare_reader(db: sqlite3.Connection) -> None:
+    # Each statement is run to its end: one left pending (PRAGMA mmap_size returns a row)
+    # would keep SQLite from clearing an interrupt() once its statement has stopped, and
+    # every later statement on this reader would be interrupted too.
+    db.execute("PRAGMA busy_timeout = 5000").fetchall()
+    db.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}").fetchall()
+
+
+class SliceInterrupted(Exception):
+    """A slice stopped because the task that wanted it was cancelled."""
+
+
+class _Slice(Generic[T]):
+    """One slice on a reader's thread, stoppable from the event loop (`abandon`) and by
+    query_timeout: SQLite's progress handler looks at both every PROGRESS_STEPS steps."""
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], timeout: float | None) -> None:
+        self.fn = fn
+        self.timeout = timeout
+        self.cancelled = False
+        self.interrupted = False  # stopped inside SQLite because it was cancelled
+        # Whether the thread has left `fn`, and what it must call then if abandoned:
+        # decided under the lock, so the reader is released exactly once.
+        self._lock = threading.Lock()
+        self._finished = False
+        self._then: Callable[[], object] | None = None
+
+    def abandon(
+        self,
+        reader: aiosqlite.Connection,
+        on_loop: Callable[[], object],
+        on_thread: Callable[[], object],
+    ) -> None:
+        """The awaiting task was cancelled: stop SQLite, and hand the reader back (call
+        `on_loop` now when the thread is done with it, else `on_thread` from the thread
+        once it has left `fn`)."""
+        with self._lock:
+            self.cancelled = True
+            if not self._finished:
+                self._then = on_thread
+                # Stops the running statement at once (thread-safe); the progress handler
+                # stops one that starts after this call, which interrupt() would let run.
+                reader._conn.interrupt()
+                return
+        on_loop()
+
+    def run(self, db: sqlite3.Connection) -> T:
+        try:
+            if self.cancelled:
+                raise SliceInterrupted("cancelled before it started")
+            return self._bounded(db)
+        finally:
+            with self._lock:
+                self._finished = True
+                then = self._then
+            if then is not None:
+                then()
+
+    def _bounded(self, db: sqlite3.Connection) -> T:
+        timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None:
+            db.set_progress_handler(lambda: self.cancelled, PROGRESS_STEPS)
+        else:
+            db.set_progress_handler(
+                lambda: self.cancelled or time.monotonic() > deadline, PROGRESS_STEPS
+            )
+        try:
+            return self.fn(db)
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                raise
+            if self.cancelled:
+                self.interrupted = True
+                raise SliceInterrupted("cancelled while it ran") from exc
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryTimeout(f"query ran longer than {timeout}s") from exc
+            raise  # interrupted by the store closing
+        finally:
+            db.set_progress_handler(None, 0)
 
 
 def _negentropy_items(
@@ -285,57 +434,3 @@ def _file_id(path: str) -> tuple[int, int] | None:
 def _file_bytes(*paths: str) -> int:
     """Their sizes added up; a missing one (no WAL yet) counts 0."""
     return sum(os.stat(path).st_size for path in paths if os.path.exists(path))
-
-
-def _with_deadline(
-    fn: Callable[[sqlite3.Connection], T], seconds: float
-) -> Callable[[sqlite3.Connection], T]:
-    """`fn`, interrupted by SQLite's progress handler once it has run `seconds`."""
-
-    def bounded(db: sqlite3.Connection) -> T:
-        deadline = time.monotonic() + seconds
-        db.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
-        try:
-            return fn(db)
-        except sqlite3.OperationalError as exc:
-            if "interrupt" in str(exc):
-                raise QueryTimeout(f"query ran longer than {seconds}s") from exc
-            raise
-        finally:
-            db.set_progress_handler(None, 0)
-
-    return bounded
-
-
-def _run_reads(db: sqlite3.Connection, reads: list[sql.Read]) -> list[bytes]:
-    if len(reads) == 1:
-        return _fetch(db, reads[0])
-    # Several filters: merge, dropping events more than one filter found.
-    found: dict[bytes, tuple[int, bytes, bytes]] = {}
-    for read in reads:
-        for raw in _fetch(db, read):
-            if raw not in found:
-                found[raw] = _sort_fields(raw)
-    return [raw for _, _, raw in sorted(found.values())]
-
-
-def _fetch(db: sqlite3.Connection, read: sql.Read) -> list[bytes]:
-    """One filter's events, newest first; see sql.NewestFirst for the two-step read."""
-    newest = read.newest
-    if newest is not None:
-        row = db.execute(*newest.cutoff).fetchone()
-        if row is not None:
-            rows = db.execute(*newest.bounded(row[0])).fetchall()
-            if len(rows) >= newest.limit:
-                # Newest first, ties by id: two stable sorts, the tie-break first.
-                rows.sort(key=lambda r: r[1])
-                rows.sort(key=lambda r: r[0], reverse=True)
-                return [raw for _, _, raw in rows[: newest.limit]]
-        # No cutoff: fewer candidates than the limit, which the plain query reads as cheaply.
-    statement, params = read.plain
-    return [raw for (raw,) in db.execute(statement, params)]
-
-
-def _sort_fields(raw: bytes) -> tuple[int, bytes, bytes]:
-    obj = loads(raw)
-    return (-obj["created_at"], obj["id"].encode(), raw)
