@@ -27,7 +27,7 @@ from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
-from relay.store.base import EventStore
+from relay.store.base import EventStore, SharedStore
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -82,6 +82,10 @@ class RelayServer:
     async def start(self) -> None:
         map_large_blocks()
         await self.store.open()
+        if isinstance(self.store, SharedStore):
+            # Events other instances store reach this instance's subscribers too; before
+            # the first REQ, so none of them can fall in a gap.
+            await self.store.follow(self.broadcast)
         try:
             await self.verifier.start()
         except BaseException:
@@ -240,6 +244,8 @@ class RelayServer:
             return True, ""
         if event.is_ephemeral:
             self.broadcast(event)
+            if isinstance(self.store, SharedStore):
+                await self.store.announce(event)
             return True, ""
         try:
             outcome = await self.writer.save(event)

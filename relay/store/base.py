@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -74,3 +74,18 @@ class EventStore(Protocol):
     async def purge_expired(self, now: int) -> int: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store other relay instances write to as well (PostgreSQL): the events they store
+    or announce come back to this instance, to be sent to its live subscribers."""
+
+    async def follow(self, deliver: Callable[[Event], None]) -> None:
+        """From now until close(), hand each event another instance stored to `deliver`,
+        once, after its commit; returns once that is in place."""
+        ...
+
+    async def announce(self, event: Event) -> None:
+        """Pass an ephemeral event (never stored) on to the other instances."""
+        ...
