@@ -12,54 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from relay.core.event import parse_event
 from relay.store import pg_live
-from tests.conftest import RelayProcess, free_port
+from tests.conftest import PgRelayProcess
 from tests.nostr import Client, Keys
-from tests.pg import schema_url
 
 # Over PostgreSQL's 8,000-byte payload: carried by id, fetched by the listener.
 BIG_CONTENT = "x" * 10_000
-
-
-class PgRelayProcess(RelayProcess):
-    """`python -m relay --db postgresql://...`: instances of one relay on one database."""
-
-    def __init__(self, url: str, port: int) -> None:
-        super().__init__(Path("unused"), port)
-        self.pg_url = url
-
-    @property
-    def db_arg(self) -> str:
-        return self.pg_url
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    async with schema_url() as url:
-        yield url
-
-
-@pytest.fixture
-def instances(pg_url: str) -> Iterator[Callable[[], PgRelayProcess]]:
-    """Start relay processes on one fresh schema; all are killed afterwards."""
-    made: list[PgRelayProcess] = []
-
-    def start() -> PgRelayProcess:
-        process = PgRelayProcess(pg_url, free_port())
-        made.append(process)
-        process.start()
-        return process
-
-    yield start
-    for process in made:
-        process.kill()
 
 
 async def next_event(client: Client, sub_id: str) -> dict[str, Any]:
@@ -111,9 +73,9 @@ def test_channel_is_per_schema_and_a_valid_identifier() -> None:
 
 
 async def test_subscriber_on_b_gets_events_published_on_a_once(
-    instances: Callable[[], PgRelayProcess],
+    pg_instances: Callable[[], PgRelayProcess],
 ) -> None:
-    a, b = instances(), instances()
+    a, b = pg_instances(), pg_instances()
     keys = Keys()
     sub = await Client.connect(b.url)
     pub = await Client.connect(a.url)
@@ -133,9 +95,9 @@ async def test_subscriber_on_b_gets_events_published_on_a_once(
 
 
 async def test_ephemeral_event_crosses_instances(
-    instances: Callable[[], PgRelayProcess],
+    pg_instances: Callable[[], PgRelayProcess],
 ) -> None:
-    a, b = instances(), instances()
+    a, b = pg_instances(), pg_instances()
     keys = Keys()
     sub = await Client.connect(b.url)
     pub = await Client.connect(a.url)
@@ -150,11 +112,11 @@ async def test_ephemeral_event_crosses_instances(
 
 
 async def test_rejected_and_duplicate_events_are_not_sent_across(
-    instances: Callable[[], PgRelayProcess],
+    pg_instances: Callable[[], PgRelayProcess],
 ) -> None:
     """Only what a batch STORED is notified: a duplicate or an older replaceable version,
     sent to A again, never reaches B's subscriber a second time."""
-    a, b = instances(), instances()
+    a, b = pg_instances(), pg_instances()
     keys = Keys()
     sub = await Client.connect(b.url)
     pub = await Client.connect(a.url)
@@ -175,11 +137,11 @@ async def test_rejected_and_duplicate_events_are_not_sent_across(
 
 
 async def test_req_on_b_during_a_stream_on_a_gets_each_event_once(
-    instances: Callable[[], PgRelayProcess],
+    pg_instances: Callable[[], PgRelayProcess],
 ) -> None:
     """Events committed before the query's snapshot come stored, the rest live after EOSE;
     none is missing and none comes twice, whichever side of the snapshot it fell on."""
-    a, b = instances(), instances()
+    a, b = pg_instances(), pg_instances()
     keys = Keys()
     before, during, after = 40, 150, 20
     opened, eosed = asyncio.Event(), asyncio.Event()
