@@ -15,10 +15,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
+import pytest
+
 from relay.core.event import parse_event
+from relay.net.server import RelayServer
 from relay.store import pg_live
-from tests.conftest import PgRelayProcess
+from relay.store.postgres import PostgresStore
+from tests.conftest import PgRelayProcess, RelayFactory, url_of, wait_for
 from tests.nostr import Client, Keys
+from tests.pg import SERVER
 
 # Over PostgreSQL's 8,000-byte payload: carried by id, fetched by the listener.
 BIG_CONTENT = "x" * 10_000
@@ -183,3 +189,45 @@ async def test_req_on_b_during_a_stream_on_a_gets_each_event_once(
     finally:
         publisher.cancel()
         await sub.close()
+
+
+# --- in-process: the listener comes back by itself ----------------------------------------
+
+
+@pytest.fixture
+def relay_backend() -> str:
+    """start_relay's relays on PostgreSQL, all on one schema: instances of one relay."""
+    return "postgres"
+
+
+def listener_pid(relay: RelayServer) -> int | None:
+    store = relay.store
+    assert isinstance(store, PostgresStore)
+    feed = store._feed
+    conn = None if feed is None else feed._conn
+    return None if conn is None else conn.get_server_pid()
+
+
+async def test_listener_reconnects_after_its_connection_is_killed(
+    start_relay: RelayFactory,
+) -> None:
+    a, b = await start_relay(), await start_relay()
+    old = listener_pid(b)
+    assert old is not None
+    admin = await asyncpg.connect(SERVER)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", old)
+    finally:
+        await admin.close()
+    await wait_for(lambda: listener_pid(b) not in (None, old))
+    keys = Keys()
+    sub = await Client.connect(url_of(b))
+    pub = await Client.connect(url_of(a))
+    try:
+        await sub.req("live", {"authors": [keys.pubkey]})
+        event = keys.sign(content="after the reconnect")
+        assert (await pub.publish(event))[2] is True
+        assert (await next_event(sub, "live"))["id"] == event["id"]
+    finally:
+        await sub.close()
+        await pub.close()

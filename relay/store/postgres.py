@@ -191,11 +191,6 @@ class PostgresStore:
         ):
             await self._feed.notify(pg_live.payload(self.instance, event))
 
-    @property
-    def listening(self) -> asyncio.Event | None:
-        """Set while the live feed's LISTEN is in place (None: follow() not called)."""
-        return None if self._feed is None else self._feed.listening
-
     async def _fetch(self, event_id: str) -> bytes | None:
         """A stored, unexpired event's JSON, for a notification too big to carry it."""
         now = int(time.time())
