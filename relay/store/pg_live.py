@@ -45,6 +45,7 @@ MAX_PAYLOAD_BYTES = 7900
 # PostgreSQL's identifier limit (NAMEDATALEN - 1); pg_notify refuses longer channels.
 MAX_CHANNEL_BYTES = 63
 CONNECT_TIMEOUT = 10.0
+NOTIFY_TIMEOUT = 5.0
 RETRY_FIRST = 0.1
 RETRY_MOST = 5.0
 BY_ID = "#"
@@ -152,8 +153,11 @@ class LiveFeed:
         if conn is None:
             return
         try:
-            await conn.execute("SELECT pg_notify($1, $2)", self.channel, text)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Bounded: the client's OK waits for this.
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", self.channel, text, timeout=NOTIFY_TIMEOUT
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("an ephemeral event did not reach the other instances: %s", exc)
 
     def _heard(self, _conn: object, _pid: int, _channel: str, text: object) -> None:
