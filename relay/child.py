@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import struct
@@ -26,6 +27,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger("relay.child")
 
 LENGTH = struct.Struct(">I")
 READY = b"R"
@@ -47,12 +50,15 @@ class ChildProcess:
 
     def __init__(self, module: str, *args: str) -> None:
         self.command = [sys.executable, "-m", module, *args]
+        self.module = module
         self._child: asyncio.subprocess.Process | None = None
         self._replies: asyncio.Task[None] | None = None
         # One future per request written and not yet answered, oldest first.
         self._waiting: deque[asyncio.Future[bytes]] = deque()
         self._sending = asyncio.Lock()
         self._closed = False
+        # Children started after the first one died (shown in the metrics).
+        self.restarts = 0
 
     async def start(self) -> None:
         async with self._sending:
@@ -99,9 +105,12 @@ class ChildProcess:
         """The running child, or a new one if there is none or it died."""
         replies_ended = self._replies is not None and self._replies.done()
         if self._child is None or self._child.returncode is not None or replies_ended:
+            died = self._replies is not None
             if self._replies is not None:
                 await self._replies
             self._child = await self._spawn()
+            if died:
+                self.restarts += 1
             self._replies = asyncio.create_task(self._read_replies(self._child))
         return self._child
 
@@ -132,10 +141,22 @@ class ChildProcess:
             pass
         finally:
             await _reap(child)
+            failed = 0
             while self._waiting:
                 future = self._waiting.popleft()
                 if not future.done():
                     future.set_exception(ChildRequestError("the process stopped"))
+                    failed += 1
+            if not self._closed:
+                # Once per death: each caller answers its own request without a traceback.
+                log.warning(
+                    "%s (pid %d) exited with code %s; %d requests it held failed;"
+                    " a new one starts with the next request",
+                    self.module,
+                    child.pid,
+                    child.returncode,
+                    failed,
+                )
 
 
 async def end_process(process: asyncio.subprocess.Process, seconds: float) -> None:

@@ -1,6 +1,6 @@
 """The `relay` command: `relay --port 7447 --db ./relay.sqlite --config relay.toml` serves;
-`relay export`, `relay import` and `relay backup PATH` work on the same database (the
-same --db / --config / RELAY_* settings), whether or not a relay is running on it."""
+`relay export`, `relay import`, `relay backup PATH` and `relay sync URL` work on the same
+database (the same --db / --config / RELAY_* settings), whether or not a relay runs on it."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from relay.config import ConfigError, Settings, load
 from relay.core import canonical
 from relay.core.errors import ClientError
 from relay.core.filters import Filter, parse_filter
+from relay.net.sync import DIRECTIONS, SyncError, SyncStats, sync
 from relay.store.sqlite import SqliteStore
 from relay.transfer import (
     ImportReport,
     ImportRules,
     Progress,
+    StoreLocal,
     backup,
     export_events,
     import_events,
@@ -56,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (default 7447)")
     _add_database_options(parser, None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{export,import,backup}")
+    commands = parser.add_subparsers(dest="command", metavar="{export,import,backup,sync}")
     export = commands.add_parser(
         "export", help="write the stored events to stdout, one JSON event per line"
     )
@@ -70,7 +72,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     imports.add_argument("--no-progress", action="store_true", help="no progress line")
     copy = commands.add_parser("backup", help="copy the database, consistent while it is in use")
     copy.add_argument("path", help="the copy to write (must not exist)")
-    for sub in (export, imports, copy):
+    peer = commands.add_parser(
+        "sync",
+        help="reconcile with another relay (NIP-77) and copy what either side lacks",
+        description="Exit code 0 when every difference was settled: transferred, or refused"
+        " by a deletion or request to vanish (blocked:).",
+    )
+    peer.add_argument("url", help="the other relay, ws://... or wss://...")
+    peer.add_argument("--filter", help="one NIP-01 filter as JSON (default: every event)")
+    peer.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        default="both",
+        help="down: fetch what is missing here; up: send what is missing there; both",
+    )
+    for sub in (export, imports, copy, peer):
         _add_database_options(sub, argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -123,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """export / import / backup: exit 2 for a bad argument, 1 when the work failed."""
+    """export / import / backup / sync: exit 2 for a bad argument, 1 when the work failed."""
     if is_postgres_url(settings.db):
         # They read and write SQLite files; PostgreSQL has pg_dump and pg_restore.
         print(f"relay {args.command}: works on a SQLite database only", file=sys.stderr)
@@ -133,6 +149,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
             return export_command(settings, args.filter)
         if args.command == "import":
             return import_command(settings, args.file, progress=not args.no_progress)
+        if args.command == "sync":
+            return sync_command(settings, args.url, args.filter, args.direction)
         return backup_command(settings, args.path)
     except ValueError as error:  # a bad --filter
         print(f"relay {args.command}: {error}", file=sys.stderr)
@@ -140,6 +158,48 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, sqlite3.Error) as error:
         print(f"relay {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+def sync_command(settings: Settings, url: str, filter_text: str | None, direction: str) -> int:
+    """`relay sync URL`: 0 when complete, 1 when something needed did not get across."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+    filter_obj: dict[str, Any] = {}
+    if filter_text is not None:
+        parse_filter_argument(filter_text)
+        filter_obj = canonical.loads(filter_text)
+    rules = ImportRules(settings.public_url(settings.port), settings.vanish_enabled)
+    Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        stats = asyncio.run(_sync(settings, rules, url, filter_obj, direction))
+    except SyncError as error:
+        print(f"relay sync: {error}", file=sys.stderr)
+        return 1
+    print(f"relay sync: {stats.summary()}", file=sys.stderr)
+    return 0 if stats.complete else 1
+
+
+async def _sync(
+    settings: Settings, rules: ImportRules, url: str, filter_obj: dict[str, Any], direction: str
+) -> SyncStats:
+    store = open_store(settings)
+    await store.open()
+    try:
+        return await sync(StoreLocal(store, rules), url, filter_obj, direction)
+    finally:
+        await store.close()
+
+
+def open_store(settings: Settings) -> SqliteStore:
+    """The database as import and sync write it: the write process's transaction code on
+    a thread of this process, the NIP-50 index kept as it is."""
+    return SqliteStore(
+        settings.db,
+        readers=1,
+        synchronous=settings.synchronous.upper(),
+        search=keeps_search_index(settings),
+        write_process=False,
+    )
 
 
 def parse_filter_argument(text: str | None) -> Filter | None:

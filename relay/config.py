@@ -18,7 +18,7 @@ from relay.core.nip11 import RelayInfo
 
 ENV_PREFIX = "RELAY_"
 # TOML may group keys under these tables; they are read as if written at the top.
-SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips")
+SECTIONS = ("server", "info", "limits", "storage", "rate_limits", "policy", "nips", "mirror")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 # List-valued settings holding kinds; the other lists hold strings.
@@ -49,6 +49,11 @@ class Settings:
     query_timeout: float = 10.0
     # Signature checks in a child process instead of on threads that wait for the GIL.
     verify_process: bool = True
+    # Prometheus metrics at /metrics: on the relay's own port, or on metrics_host and
+    # metrics_port when either is set (0 with a host: a free port), to keep them private.
+    metrics_enabled: bool = True
+    metrics_host: str = ""
+    metrics_port: int = 0
     # storage
     # A SQLite file, or a postgresql:// URL (relay/store/postgres.py).
     db: str = "./relay.sqlite"
@@ -140,10 +145,19 @@ class Settings:
     # NIP-77 negentropy sync; a session idle this many seconds is closed.
     negentropy_enabled: bool = True
     neg_idle_seconds: float = 60.0
+    # mirror: relays (ws:// or wss:// URLs) whose events matching mirror_filter (one JSON
+    # filter) are followed live and caught up by NIP-77 on every (re)connect.
+    mirror_peers: tuple[str, ...] = ()
+    mirror_filter: str = "{}"
 
     def public_url(self, port: int) -> str:
         """relay_url, or the URL a client on this host reaches the listening port by."""
         return self.relay_url or f"ws://{self.host}:{port}/"
+
+    @property
+    def metrics_apart(self) -> bool:
+        """Metrics on a listener of their own rather than on the relay's port."""
+        return self.metrics_enabled and bool(self.metrics_host or self.metrics_port)
 
     def auth_policy(self, port: int) -> AuthPolicy:
         return AuthPolicy(
@@ -302,6 +316,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("synchronous must be FULL, EXTRA or NORMAL")
     if not 0 <= settings.port <= 65535:
         raise ConfigError("port must be from 0 to 65535")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigError("metrics_port must be from 0 to 65535")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(
             f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}"

@@ -7,8 +7,9 @@ consistent snapshot, constant memory). Import checks each line (JSON, fields, id
 signature, not expired, not ephemeral, a kind 62 naming this relay) and commits batches
 through the store's `save_many`, so deletions, replaceable versions, requests to vanish
 and duplicates follow the same rules as for an event a client publishes; the limits and
-write policies meant for clients are not applied to the operator's own import. Backup
-copies the database with SQLite's online backup API inside one read transaction.
+write policies meant for clients are not applied to the operator's own import.
+`StoreLocal` gives `relay sync` the same checks for what it downloads. Backup copies the
+database with SQLite's online backup API inside one read transaction.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from relay.core import canonical, vanish
 from relay.core.auth import AUTH_KIND
 from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event, parse_event
-from relay.core.filters import Filter
+from relay.core.filters import Filter, parse_filter
 from relay.core.signature import verify_many
 from relay.store import sql
 from relay.store.base import EventStore, SaveOutcome
@@ -142,6 +143,11 @@ def check_line(raw: bytes, rules: ImportRules, now: int) -> Event:
         obj = canonical.loads(raw)
     except canonical.JSONDecodeError:
         raise Invalid("not valid JSON") from None
+    return check_event(obj, rules, now)
+
+
+def check_event(obj: object, rules: ImportRules, now: int) -> Event:
+    """The event of one JSON object (a line, or one a peer relay sent) if it may be stored."""
     event = parse_event(obj)
     if event.is_ephemeral:
         raise Invalid("ephemeral events are not stored")
@@ -353,3 +359,45 @@ def backup(path: str | Path, target: str | Path) -> BackupResult:
         raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
     os.replace(partial, target)
     return BackupResult(events, target.stat().st_size, check)
+
+
+# -- sync: this database as the local side of relay/net/sync.py ----------------------
+
+
+class StoreLocal:
+    """The command line's side: the store itself, with import's checks before save_many."""
+
+    def __init__(self, store: EventStore, rules: ImportRules) -> None:
+        self.events = store
+        self.rules = rules
+
+    async def items(self, f: Filter) -> list[tuple[int, bytes]]:
+        return await self.events.negentropy_items([f], int(time.time()))
+
+    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
+        if not ids:
+            return []
+        f = parse_filter({"ids": [i.hex() for i in ids], "limit": len(ids)})
+        return await self.events.query([f], int(time.time()))
+
+    async def store(self, objs: Sequence[Any]) -> list[str]:
+        now = int(time.time())
+        reasons: list[str] = [""] * len(objs)
+        checked: list[tuple[int, Event]] = []
+        for index, obj in enumerate(objs):
+            try:
+                checked.append((index, check_event(obj, self.rules, now)))
+            except ClientError as error:
+                reasons[index] = error.reason
+        valid = await asyncio.to_thread(verify_many, [event for _, event in checked])
+        good: list[tuple[int, Event]] = []
+        for (index, event), ok in zip(checked, valid, strict=True):
+            if ok:
+                good.append((index, event))
+            else:
+                reasons[index] = "invalid: bad signature"
+        if good:
+            outcomes = await self.events.save_many([e for _, e in good], now)
+            for (index, _), outcome in zip(good, outcomes, strict=True):
+                reasons[index] = "" if outcome is SaveOutcome.STORED else outcome.reason
+        return reasons

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.net.server import RelayServer
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 NOSTR_JSON = "application/nostr+json"
 
@@ -69,3 +72,19 @@ async def fetch_limitation(relay: RelayServer) -> dict[str, Any]:
     limitation = (await fetch_info(relay))["limitation"]
     assert isinstance(limitation, dict)
     return limitation
+
+
+async def scrape(port: int) -> Samples:
+    """Every sample of /metrics on `port`, by name and labels."""
+    response = await http_request(port, path="/metrics")
+    assert response.status == 200, response.body
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]

@@ -17,7 +17,7 @@ from relay.core.canonical import serialize
 from relay.core.event import parse_event
 from relay.core.pow import difficulty
 from tests.conftest import RelayFactory, url_of
-from tests.http_client import fetch_limitation
+from tests.http_client import fetch_info, fetch_limitation
 from tests.nostr import Client, Keys, SubscriptionClosed
 
 
@@ -140,6 +140,7 @@ async def test_min_pow_difficulty(start_relay: RelayFactory, keys: Keys) -> None
     relay = await start_relay(min_pow_difficulty=6)
     minimum = (await fetch_limitation(relay))["min_pow_difficulty"]
     assert minimum == 6
+    assert 13 in (await fetch_info(relay))["supported_nips"]
     client = await Client.connect(url_of(relay))
     enough = mine(keys, minimum, target=minimum)
     assert await client.publish(enough) == ["OK", enough["id"], True, ""]
@@ -165,6 +166,7 @@ async def test_min_pow_difficulty(start_relay: RelayFactory, keys: Keys) -> None
 async def test_no_pow_required_by_default(start_relay: RelayFactory, keys: Keys) -> None:
     relay = await start_relay()
     assert "min_pow_difficulty" not in await fetch_limitation(relay)
+    assert 13 not in (await fetch_info(relay))["supported_nips"]
     client = await Client.connect(url_of(relay))
     event = keys.sign()
     assert difficulty(event["id"]) < 60

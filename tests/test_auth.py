@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.core import auth
@@ -69,6 +70,12 @@ def test_relay_url_is_compared_normalized(relay: str) -> None:
         (auth_event("abc", relay="wss://evil.example.com/"), "another relay"),
         (auth_event("abc", relay="ws://relay.example.com/"), "another relay"),
         (auth_event("abc", relay="wss://relay.example.com/sub"), "another relay"),
+        (auth_event("abc", relay="wss://evil@relay.example.com/"), "another relay"),
+        (auth_event("abc", relay="wss://u:p@relay.example.com/"), "another relay"),
+        (auth_event("abc", relay="wss://relay.example.com/?x"), "another relay"),
+        (auth_event("abc", relay="wss://relay.example.com/?"), "another relay"),
+        (auth_event("abc", relay="wss://relay.example.com/#y"), "another relay"),
+        (auth_event("abc", relay="wss://evil@relay.example.com/?x#y"), "another relay"),
         (auth_event("abc", created_at=NOW - 601), "created_at"),
         (auth_event("abc", created_at=NOW + 601), "created_at"),
         (event(kind=22242, content="", tags=[["relay", URL]]), "challenge"),
@@ -129,9 +136,44 @@ def test_protected_event_needs_its_author_authenticated() -> None:
     assert isinstance(refusal(protected, authed(ALICE), AuthPolicy(enabled=False)), Blocked)
 
 
-def test_a_dash_with_a_value_is_not_the_protected_tag() -> None:
-    assert not auth.is_protected(event(tags=[["-", "x"]]))
+def test_any_tag_named_dash_is_the_protected_tag() -> None:
     assert auth.is_protected(event(tags=[["p", BOB.pubkey], ["-"]]))
+    assert auth.is_protected(event(tags=[["-", ""]]))
+    assert auth.is_protected(event(tags=[["-", "x", "y"]]))
+    assert not auth.is_protected(event(tags=[["p", "-"], ["--"], ["t", "-"]]))
+    assert not auth.is_protected(event(tags=[]))
+
+
+def repost(inner: dict[str, Any], kind: int = 6, keys: Keys = BOB) -> Event:
+    return event(keys, kind=kind, content=orjson.dumps(inner).decode(), tags=[["e", inner["id"]]])
+
+
+def test_a_repost_embedding_a_protected_event_is_blocked() -> None:
+    protected = ALICE.sign(tags=[["-"]])
+    for kind in (6, 16):
+        for state in (AuthState(), authed(ALICE, BOB)):
+            for policy in (AuthPolicy(), AuthPolicy(enabled=False)):
+                error = refusal(repost(protected, kind), state, policy)
+                assert isinstance(error, Blocked), (kind, state, policy)
+                assert "protected" in error.reason
+    # Its author reposting it embedded is refused too: NIP-70 says summarily.
+    assert isinstance(refusal(repost(protected, keys=ALICE), authed(ALICE), AuthPolicy()), Blocked)
+    marked_with_a_value = ALICE.sign(kind=30023, tags=[["d", "a"], ["-", ""]])
+    assert isinstance(refusal(repost(marked_with_a_value, 16), AuthState(), AuthPolicy()), Blocked)
+
+
+def test_reposts_that_do_not_embed_a_protected_event_pass() -> None:
+    protected = ALICE.sign(tags=[["-"]])
+    # The way NIP-18 asks to repost a protected event: empty content, the e tag only.
+    empty = event(BOB, kind=6, content="", tags=[["e", protected["id"]]])
+    assert refusal(empty, AuthState(), AuthPolicy()) is None
+    assert refusal(repost(ALICE.sign(tags=[["t", "-"]])), AuthState(), AuthPolicy()) is None
+    assert refusal(repost(ALICE.sign(), 16), AuthState(), AuthPolicy()) is None
+    for content in ("{not json", '{"tags": "-"}', '{"tags": [["-"]', "[1]", "-"):
+        assert refusal(event(BOB, kind=6, content=content), AuthState(), AuthPolicy()) is None
+    # Only reposts: a note quoting protected JSON in its text is its author's business.
+    quoted = event(BOB, kind=1, content=orjson.dumps(protected).decode())
+    assert refusal(quoted, AuthState(), AuthPolicy()) is None
 
 
 # --- reads -------------------------------------------------------------------------------

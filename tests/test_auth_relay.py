@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.net.server import RelayServer
@@ -57,12 +58,14 @@ async def test_challenges_differ_per_connection(relay: RelayServer) -> None:
     ("tags", "why"),
     [
         ([["relay", "ws://elsewhere.example.com/"]], "another relay"),
+        ([["relay", "ws://evil@127.0.0.1:{port}/?x#y"]], "another relay"),
         ([], "another relay"),
     ],
 )
 async def test_bad_auth_is_refused(relay: RelayServer, tags: list[list[str]], why: str) -> None:
     client = await connect(relay)
     await client.recv_any()
+    tags = [[name, value.format(port=relay.port)] for name, value in tags]
     event = ALICE.sign(22242, "", [*tags, ["challenge", client.challenge or ""]])
     await client.send(["AUTH", event])
     reply = await client.recv()
@@ -280,10 +283,34 @@ async def test_protected_event_from_its_authenticated_author(relay: RelayServer)
     await reader.close()
 
 
-async def test_protected_events_refused_when_auth_is_off(start_relay: RelayFactory) -> None:
+@pytest.mark.parametrize("tag", [["-"], ["-", ""], ["-", "anything"]])
+async def test_protected_events_refused_when_auth_is_off(
+    start_relay: RelayFactory, tag: list[str]
+) -> None:
     relay = await start_relay(auth_enabled=False)
     client = await connect(relay)
-    reply = await client.publish(ALICE.sign(tags=[["-"]]))
+    reply = await client.publish(ALICE.sign(tags=[tag]))
     assert reply[2] is False
     assert reply[3].startswith("blocked: ")
     await client.close()
+
+
+async def test_a_repost_embedding_a_protected_event_is_refused(relay: RelayServer) -> None:
+    protected = ALICE.sign(kind=1, content="only from me", tags=[["-"]])
+    client = await connect(relay)
+    await client.recv_any()  # the challenge
+    assert (await client.auth(ALICE, public_url(relay)))[2] is True
+    assert (await client.publish(protected))[2] is True
+    embedded = BOB.sign(
+        kind=6, content=orjson.dumps(protected).decode(), tags=[["e", protected["id"]]]
+    )
+    reply = await client.publish(embedded)
+    assert reply[:3] == ["OK", embedded["id"], False]
+    assert reply[3].startswith("blocked: ")
+    empty = BOB.sign(kind=6, content="", tags=[["e", protected["id"]]])
+    assert await client.publish(empty) == ["OK", empty["id"], True, ""]
+    reader = await connect(relay)
+    found = await reader.req("s", {"kinds": [6], "authors": [BOB.pubkey]})
+    assert [e["id"] for e in found] == [empty["id"]]
+    await client.close()
+    await reader.close()

@@ -27,6 +27,7 @@ from relay.store.sqlite_writes import PAGE_SIZE, prepare_database, save_batch
 from relay.store.write_process import WriteProcess, WriteProcessError
 from relay.store.writer import Writer
 from tests.conftest import RelayProcess, fetch_by_ids
+from tests.http_client import metric, scrape
 from tests.nostr import Client, Keys
 
 
@@ -219,6 +220,9 @@ async def test_relay_answers_and_recovers_when_its_write_process_dies(
     acknowledged = [e["id"] for e in before] + [r[1] for r in replies if r[2]]
     found = await fetch_by_ids(process.url, *acknowledged)
     assert {e["id"] for e in found} == set(acknowledged)
+    samples = await scrape(process.port)
+    assert metric(samples, "relay_child_restarts_total", process="write") == 1
+    assert metric(samples, "relay_child_restarts_total", process="verify") == 0
 
 
 async def test_verify_process_checks_each_signature_in_order() -> None:
@@ -245,6 +249,46 @@ async def test_relay_refuses_then_recovers_when_its_verify_process_dies(
     forged = keys.sign(content="forged")
     forged["sig"] = keys.sign(content="other")["sig"]
     assert (await client.publish(forged))[2:] == [False, "invalid: bad signature"]
+    samples = await scrape(process.port)
+    assert metric(samples, "relay_child_restarts_total", process="verify") == 1
+
+
+IN_FLIGHT = 20
+
+
+async def test_a_verify_process_killed_holding_events_is_logged_once(
+    relay_and_client: tuple[RelayProcess, Client],
+) -> None:
+    """Each event it held is answered `error:`, with one warning in the log, no traceback."""
+    process, client = relay_and_client
+    keys = Keys()
+    assert (await client.publish(keys.sign(content="before")))[2] is True
+    assert process.proc is not None
+    child = child_running(process.proc.pid, "relay.net.verify_process")
+    os.kill(child, signal.SIGSTOP)  # it holds every check sent from now on
+    held = [keys.sign(content=f"held {n}") for n in range(IN_FLIGHT)]
+    for event in held:
+        await client.send(["EVENT", event])
+    # Frames are read in order: once this EOSE is back, every check was sent to the child.
+    assert await client.req("sentinel", {"ids": ["0" * 64]}) == []
+    os.kill(child, signal.SIGKILL)
+    replies: dict[str, list[Any]] = {}
+    while len(replies) < IN_FLIGHT:
+        reply = await client.recv()
+        replies[reply[1]] = reply
+    assert set(replies) == {e["id"] for e in held}
+    for reply in replies.values():
+        assert reply[2:] == [False, "error: the signature could not be checked, try again"]
+    after = keys.sign(content="after")
+    assert await client.publish(after) == ["OK", after["id"], True, ""]
+    await client.close()
+    assert process.terminate() == 0
+    log = process.stderr()
+    assert "Traceback" not in log, log
+    warnings = [line for line in log.splitlines() if "relay.net.verify_process" in line]
+    assert len(warnings) == 1, log
+    assert "WARNING" in warnings[0], warnings
+    assert "exited with code -9" in warnings[0], warnings
 
 
 def test_new_databases_get_small_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:

@@ -214,3 +214,20 @@ async def test_deletion_request_named_before_it_arrives_is_still_stored(
     assert await client.publish(first) == ["OK", first["id"], True, ""]
     assert await ids_of(client, {"ids": [first["id"]]}) == {first["id"]}
     assert await ids_of(client, {"ids": [target["id"]]}) == set()
+
+
+async def test_the_recipient_of_a_gift_wrap_deletes_it(relay: RelayServer) -> None:
+    wrapper, recipient, stranger = Keys(), Keys(), Keys()
+    wrap = wrapper.sign(kind=1059, content="sealed", tags=[["p", recipient.pubkey]])
+    client = await Client.connect(url_of(relay))
+    assert (await client.publish(wrap))[2] is True
+    assert (await client.auth(recipient, f"ws://127.0.0.1:{relay.port}/"))[2] is True
+    assert (await client.publish(deletion(stranger, [["e", wrap["id"]]])))[2] is True
+    assert await ids_of(client, {"kinds": [1059]}) == {wrap["id"]}
+    assert (await client.publish(deletion(recipient, [["e", wrap["id"]]])))[2] is True
+    assert await ids_of(client, {"kinds": [1059]}) == set()
+    reply = await client.publish(wrap)
+    assert reply[2] is False
+    assert reply[3].startswith(DELETED_PREFIX)
+    assert await ids_of(client, {"kinds": [1059]}) == set()
+    await client.close()

@@ -4,6 +4,7 @@ its configuration sources and their precedence, and the database it leaves behin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from tests.conftest import (
     free_port,
     is_listening,
     relay_command,
+    wait_for,
     wait_listening,
 )
 from tests.nostr import Client, Keys
@@ -303,6 +305,76 @@ async def test_sigterm_answers_events_already_sent(relay_process: ProcessFactory
         assert unanswered == 0, f"{unanswered} of {len(events)} unanswered, relay read {read}"
 
 
+# Seconds a relay under load may take to exit after SIGTERM: a correctness bound (it took
+# 15 s when its clients kept sending or did not read), not a measure of speed.
+PROMPT_EXIT = 5.0
+
+
+class Blaster:
+    """Publishes without pause, reading its replies as they come (its library answers
+    pings); `sent` counts the EVENTs handed to the socket."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.keys = Keys()
+        self.sent: list[str] = []
+        self.oks: dict[str, list[Any]] = {}
+        self.tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._read())]
+
+    async def _send(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                event = self.keys.sign(content=f"blast {len(self.sent)}")
+                await self.client.send(["EVENT", event])
+                self.sent.append(event["id"])
+                await asyncio.sleep(0)  # the loop also runs the reader
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = await self.client.recv(timeout=EXIT_WITHIN)
+                assert frame[0] == "OK", frame
+                self.oks[frame[1]] = frame
+
+
+async def test_sigterm_under_load_exits_promptly_answering_what_was_sent_before(
+    relay_process: ProcessFactory,
+) -> None:
+    """Clients that never stop sending, and one that does not read a large result: the
+    relay answers every EVENT sent before the signal and exits within seconds."""
+    process = await started(relay_process())
+    assert process.proc is not None
+    author = Keys()
+    big = [author.sign(content=f"{n} " + "x" * 60_000) for n in range(64)]
+    loader = await Client.connect(process.url)
+    await send_all(loader, big)
+    assert all(ok[2] for ok in (await oks_for(loader, {e["id"] for e in big})).values())
+    await loader.close()
+    # 3.8 MB it never reads: the close frame cannot reach it behind them.
+    stuck = await Client.connect(process.url, max_queue=1)
+    await stuck.send(["REQ", "all", {"authors": [author.pubkey]}])
+    blasters = [Blaster(await Client.connect(process.url)) for _ in range(2)]
+    await wait_for(lambda: all(len(b.oks) >= 20 for b in blasters), timeout=30)
+
+    sent_before = [list(b.sent) for b in blasters]
+    started_at = time.monotonic()
+    process.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(process.proc.wait, EXIT_WITHIN)
+    elapsed = time.monotonic() - started_at
+    await asyncio.gather(*(task for b in blasters for task in b.tasks))
+    stderr = process.stderr()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    assert elapsed < PROMPT_EXIT, f"exit took {elapsed:.1f}s"
+    for blaster, before in zip(blasters, sent_before, strict=True):
+        assert blaster.client.ws.close_code == 1001
+        unanswered = [i for i in before if i not in blaster.oks]
+        assert not unanswered, f"{len(unanswered)} of {len(before)} sent before unanswered"
+        for ok in blaster.oks.values():
+            assert ok[2] is True or ok[3].startswith("error: "), ok
+    stuck.ws.transport.abort()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_exits_zero_and_closes_subscribers(
     relay_process: ProcessFactory, signum: int
@@ -485,6 +557,7 @@ def test_environment_values_are_converted_and_unrelated_variables_ignored() -> N
         ("[server]\nport = true\n", {}, "port"),
         ("[info]\nname = 5\n", {}, "name"),
         ("[server]\nport = 65536\n", {}, "port"),
+        ("[server]\nmetrics_port = 65536\n", {}, "metrics_port"),
         ("port = -1\n", {}, "port"),
         ("[storage]\nsynchronous = 'OFF'\n", {}, "synchronous"),
         ("", {"RELAY_PORT": "eighty"}, "port"),
@@ -570,12 +643,17 @@ def test_file_that_is_not_a_database_exits_with_a_readable_error(tmp_path: Path)
     assert db.read_text(encoding="utf-8") == "not a database\n" * 500
 
 
-def test_port_in_use_exits_with_a_readable_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken_by", ["relay", "metrics"])
+def test_port_in_use_exits_with_a_readable_error(tmp_path: Path, taken_by: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        result = run_relay("--port", str(port), "--db", "relay.sqlite", cwd=tmp_path, within=8)
+        port = str(taken.getsockname()[1])
+        if taken_by == "relay":
+            args, env = ["--port", port], {}
+        else:
+            args, env = ["--port", "0"], {"RELAY_METRICS_PORT": port}
+        result = run_relay(*args, "--db", "relay.sqlite", cwd=tmp_path, env=env, within=8)
     assert result.returncode != 0
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr

@@ -113,8 +113,9 @@ async def test_cors_preflight_is_answered(relay: RelayServer) -> None:
     assert response.body == b""
 
 
-async def test_plain_get_without_nostr_accept_gets_a_landing_page(relay: RelayServer) -> None:
-    response = await http_request(relay.port, headers={"Accept": "text/html"})
+async def test_plain_get_without_nostr_accept_gets_a_landing_text(relay: RelayServer) -> None:
+    # A browser's Accept (text/html) gets the web page: tests/test_web.py.
+    response = await http_request(relay.port, headers={"Accept": "*/*"})
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert b"Nostr relay" in response.body

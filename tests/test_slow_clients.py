@@ -14,6 +14,7 @@ from relay.config import Settings
 from relay.net.server import RelayServer
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayFactory, RelayProcess, url_of, wait_for
+from tests.http_client import metric, scrape
 from tests.nostr import Client, Keys
 from tests.raw_ws import RawClient
 
@@ -59,6 +60,7 @@ async def test_a_client_that_stops_reading_gets_a_notice_and_1008(
     await wait_for(lambda: len(relay.connections) == 1, timeout=30)
     assert texts[-1] == OVERFLOW_NOTICE
     assert code == 1008
+    assert metric(await scrape(relay.port), "relay_outbox_drops_total") == 1
     # Others go on.
     for _ in range(400):
         assert (await bystander.recv())[:2] == ["EVENT", "live"]

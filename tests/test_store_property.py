@@ -3,8 +3,9 @@ answers, same order.
 
 The property test feeds both stores the same random sequence of signed events (few keys,
 few timestamps so that ties happen, replaceable and addressable kinds, NIP-09 deletions
-of earlier events and addresses, NIP-40 expiration tags) in random batches, with purges
-in between, and after every step asks both the same random filters. The example tests
+of earlier events and addresses (gift wraps by their recipients too), NIP-40 expiration
+tags) in random batches, with purges in between, and after every step asks both the same
+random filters. The example tests
 below pin the replacement and deletion rules on both backends.
 """
 
@@ -39,7 +40,7 @@ PUBKEYS = [k.pubkey for k in KEYS]
 NOW = 1_700_000_000
 BASE = NOW - 100
 CREATED_AT = [BASE, BASE + 1, BASE + 2, BASE + 5]
-KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059]
+KINDS = [1, 7, 0, 3, 10002, 30000, 30023, 20001, 5, 5, 62, 1059, 1059]
 D_VALUES = ["", "a", "b"]
 # Contents and NIP-50 queries: case, punctuation and words shared between contents.
 CONTENTS = ["", "one", "two", "One two, three!", "two-one", "Ünïcode café"]
@@ -82,9 +83,20 @@ def new_event(draw: st.DrawFn, earlier: Sequence[Event]) -> Event:
     created_at = draw(st.sampled_from(CREATED_AT))
     tags: list[list[str]] = []
     earlier_ids = [e.id for e in earlier]
+    wraps = [e for e in earlier if e.kind == 1059]
+    if kind == 5 and wraps and draw(st.booleans()):
+        # Often a gift wrap's recipient, the one key besides its author that may delete it.
+        wrap = draw(st.sampled_from(wraps))
+        keys = next(k for k in KEYS if k.pubkey == wrap.tag_value("p"))
+        tags.append(["e", wrap.id])
     if kind == 5:
-        # Mostly the author's own events, whose deletion applies; sometimes anyone's.
-        own = [e for e in earlier if e.pubkey == keys.pubkey]
+        # Mostly events whose deletion applies (the author's own, gift wraps to it);
+        # sometimes anyone's.
+        own = [
+            e
+            for e in earlier
+            if e.pubkey == keys.pubkey or (e.kind == 1059 and ["p", keys.pubkey] in e.tags)
+        ]
         anyones = not own or draw(st.integers(0, 3)) == 0
         pool: list[Event] = list(earlier) if anyones else own
         id_refs = st.sampled_from([*(e.id for e in pool), UNKNOWN_ID])
@@ -105,7 +117,8 @@ def new_event(draw: st.DrawFn, earlier: Sequence[Event]) -> Event:
         tags.append(["d", d_tag])
     for value in draw(st.lists(st.sampled_from(T_VALUES), max_size=2)):
         tags.append(["t", value])
-    if draw(st.booleans()):
+    if kind == 1059 or draw(st.booleans()):
+        # A gift wrap names its recipient: a key that may delete it.
         tags.append(["p", draw(st.sampled_from(PUBKEYS))])
     if earlier_ids and kind != 5 and draw(st.booleans()):
         tags.append(["e", draw(st.sampled_from(earlier_ids))])
@@ -363,6 +376,39 @@ async def test_deletion_before_its_target_arrives(store: EventStore) -> None:
     other = signed(KEYS[1], 1, BASE, None, "other")
     foreign = signed(KEYS[0], 5, BASE + 2, [["e", other.id]])
     assert await save(store, foreign, other) == [SaveOutcome.STORED, SaveOutcome.STORED]
+
+
+async def test_the_recipient_of_a_gift_wrap_may_delete_it(store: EventStore) -> None:
+    wrapper, recipient, stranger = KEYS
+    wrap = signed(wrapper, 1059, BASE, [["p", recipient.pubkey]], "sealed")
+    by_stranger = signed(stranger, 5, BASE + 1, [["e", wrap.id]])
+    assert await save(store, wrap, by_stranger) == [SaveOutcome.STORED] * 2
+    assert wrap.id in await ids_of(store)
+    by_recipient = signed(recipient, 5, BASE + 1, [["e", wrap.id]])
+    assert await save(store, by_recipient) == [SaveOutcome.STORED]
+    assert wrap.id not in await ids_of(store)
+    # The tombstone holds: published again, the wrap stays deleted.
+    assert await save(store, wrap) == [SaveOutcome.DELETED]
+    assert wrap.id not in await ids_of(store)
+
+
+async def test_a_gift_wrap_deleted_by_its_recipient_before_it_arrives(store: EventStore) -> None:
+    wrapper, recipient, stranger = KEYS
+    wrap = signed(wrapper, 1059, BASE, [["p", recipient.pubkey]], "late")
+    other = signed(wrapper, 1059, BASE, [["p", stranger.pubkey]], "not theirs")
+    deletion = signed(recipient, 5, BASE + 1, [["e", wrap.id], ["e", other.id]])
+    assert await save(store, deletion, wrap, other) == [
+        SaveOutcome.STORED,
+        SaveOutcome.DELETED,
+        SaveOutcome.STORED,
+    ]
+    assert set(await ids_of(store)) == {deletion.id, other.id}
+    # A p tag on any other kind gives no say over the event.
+    note = signed(wrapper, 1, BASE, [["p", recipient.pubkey]], "a mention")
+    mention_deletion = signed(recipient, 5, BASE + 2, [["e", note.id]])
+    assert await save(store, note, mention_deletion) == [SaveOutcome.STORED] * 2
+    assert await save(store, note) == [SaveOutcome.DUPLICATE]
+    assert note.id in await ids_of(store)
 
 
 async def test_deleting_a_deletion_has_no_effect(store: EventStore) -> None:

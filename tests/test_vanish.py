@@ -37,6 +37,10 @@ def request(keys: Keys, created_at: int, relay: str = "ALL_RELAYS") -> Event:
         ("wss://relay.example.com/", True),
         ("wss://other.example.com/", False),
         ("all_relays", False),
+        ("wss://evil@relay.example.com/", False),
+        ("wss://relay.example.com/?x", False),
+        ("wss://relay.example.com/#y", False),
+        ("wss://evil@relay.example.com/?x#y", False),
     ],
 )
 def test_which_requests_name_this_relay(relay: str, named: bool) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from relay.core.canonical import loads
 from relay.core.errors import AuthRequired, Blocked, Invalid, Restricted
 from relay.core.event import Event
 from relay.core.filters import Filter
@@ -26,6 +27,8 @@ AUTH_WINDOW = 600
 # addressed to its `p` tag). Public DM metadata such as kind 10050 is not private.
 DM_KINDS = frozenset({4, 13, 14, 15, 1059})
 PROTECTED_TAG = "-"
+# NIP-18 repost and generic repost: their content may carry the reposted event's JSON.
+REPOST_KINDS = frozenset({6, 16})
 DEFAULT_PORTS = {"ws": 80, "wss": 443, "http": 80, "https": 443}
 
 
@@ -81,6 +84,24 @@ def normalize_relay_url(url: str) -> str:
     return f"{scheme}://{host}{parts.path.rstrip('/')}"
 
 
+def names_relay(url: str, relay_url: str) -> bool:
+    """Whether `url` names the relay at `relay_url` (NIP-42 `relay` tag, NIP-62 request).
+
+    A URL with user info, a query or a fragment is refused even when its host, port and
+    path match: `ws://evil@host/?x#y` is not how anyone writes a relay's address, and
+    taking it would let a signed event be read as naming relays it does not name.
+    """
+    url = url.strip()
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    # `?` and `#` cannot appear unescaped in a path: either one starts a query or fragment.
+    if "@" in netloc or "?" in url or "#" in url:
+        return False
+    return normalize_relay_url(url) == normalize_relay_url(relay_url)
+
+
 def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> None:
     """Everything NIP-42 asks of an AUTH event except its signature; raises Invalid."""
     if event.kind != AUTH_KIND:
@@ -90,13 +111,37 @@ def check_auth_event(event: Event, challenge: str, relay_url: str, now: int) -> 
     if event.tag_value("challenge") != challenge:
         raise Invalid("the AUTH event does not answer this connection's challenge")
     relay = event.tag_value("relay")
-    if relay is None or normalize_relay_url(relay) != normalize_relay_url(relay_url):
+    if relay is None or not names_relay(relay, relay_url):
         raise Invalid(f"the AUTH event is for another relay, this one is {relay_url}")
 
 
 def is_protected(event: Event) -> bool:
-    """NIP-70: a `["-"]` tag asks that only its author may publish the event."""
-    return any(tag == [PROTECTED_TAG] for tag in event.tags)
+    """NIP-70: a `"-"` tag asks that only its author may publish the event.
+
+    The NIP writes the tag `["-"]`, but names it by its first element ("when the `-` tag
+    is present"): `["-", ""]` is the same tag with an extra value, and reading it as
+    unprotected would let anyone republish what its author meant to keep here.
+    """
+    return any(tag[:1] == [PROTECTED_TAG] for tag in event.tags)
+
+
+def embeds_protected(event: Event) -> bool:
+    """NIP-70: a repost (kind 6 or 16) whose content is the JSON of a protected event.
+
+    NIP-18 reposts carry the reposted event's JSON; of a protected event they must
+    not (their content is then empty, the `e` tag still points to it). Only content that
+    opens a JSON object is parsed, so a plain repost costs a string test.
+    """
+    if event.kind not in REPOST_KINDS or not event.content.lstrip().startswith("{"):
+        return False
+    try:
+        embedded = loads(event.content)
+    except ValueError:
+        return False
+    tags = embedded.get("tags") if isinstance(embedded, dict) else None
+    return isinstance(tags, list) and any(
+        isinstance(tag, list) and tag[:1] == [PROTECTED_TAG] for tag in tags
+    )
 
 
 def check_write(event: Event, state: AuthState, policy: AuthPolicy) -> None:
@@ -109,6 +154,9 @@ def check_write(event: Event, state: AuthState, policy: AuthPolicy) -> None:
         if event.pubkey not in state.pubkeys:
             _require_auth(state, "a protected event is accepted only from its author")
             raise Restricted("a protected event is accepted only from its authenticated author")
+    if embeds_protected(event):
+        # NIP-70: relays SHOULD summarily reject these, whoever sends them.
+        raise Blocked("a repost may not embed a protected event (NIP-70)")
     if not policy.enabled:
         return
     if policy.required_for_writes:

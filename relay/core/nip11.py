@@ -62,7 +62,9 @@ def information_document(
         )
         if value
     }
-    doc["supported_nips"] = sorted({*SUPPORTED_NIPS, *extra_nips})
+    # NIP-13 is enforced exactly when a difficulty is required, so listed only then.
+    pow_nips = (13,) if limits.min_pow_difficulty > 0 else ()
+    doc["supported_nips"] = sorted({*SUPPORTED_NIPS, *extra_nips, *pow_nips})
     doc["software"] = SOFTWARE_URL
     doc["version"] = __version__
     doc["limitation"] = limitation = limits.advertised()

@@ -125,8 +125,18 @@ class Reconcile:
     message: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """For the operator's figures: an EVENT or AUTH refused here, before the relay's
+    pipeline saw it (`what` is "event" or "auth"; `reason` is `prefix: text`)."""
+
+    what: str
+    reason: str
+
+
 Action = (
     Send
+    | Refused
     | Watch
     | Unwatch
     | StartQuery
@@ -360,11 +370,12 @@ class Session:
     def _event(self, event: Event) -> list[Action]:
         rate = self._event_rate
         if rate is not None and not self._rate_exempt and not rate.allow(self._ip):
-            return [_send(messages.ok(event.id, False, EVENT_RATE))]
+            return [Refused("event", EVENT_RATE), _send(messages.ok(event.id, False, EVENT_RATE))]
         try:
             auth.check_write(event, self.auth, self.policy.auth)
         except ClientError as error:
-            return self._refuse(MessageError.wrap(error, event_id=event.id))
+            refused = Refused("event", error.reason)
+            return [refused, *self._refuse(MessageError.wrap(error, event_id=event.id))]
         return [Ingest(event)]
 
     def ingested(self, event_id: str, accepted: bool, reason: str) -> list[Action]:
@@ -382,7 +393,10 @@ class Session:
         try:
             auth.check_auth_event(event, self.auth.challenge, policy.relay_url, int(self._now))
         except ClientError as error:
-            return [_send(messages.ok(event.id, False, error.reason))]
+            return [
+                Refused("auth", error.reason),
+                _send(messages.ok(event.id, False, error.reason)),
+            ]
         return [Authenticate(event)]
 
     def authenticated(self, event: Event, verified: bool | None) -> list[Action]:

@@ -8,7 +8,7 @@ that what it erased is refused when it is published again.
 
 from __future__ import annotations
 
-from relay.core.auth import normalize_relay_url
+from relay.core.auth import names_relay
 from relay.core.errors import Blocked, Invalid
 from relay.core.event import Event
 
@@ -18,9 +18,8 @@ GIFT_WRAP_KIND = 1059
 
 
 def names_this_relay(event: Event, relay_url: str) -> bool:
-    here = normalize_relay_url(relay_url)
     return any(
-        url == ALL_RELAYS or normalize_relay_url(url) == here for url in event.tag_values("relay")
+        url == ALL_RELAYS or names_relay(url, relay_url) for url in event.tag_values("relay")
     )
 
 

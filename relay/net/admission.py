@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-ProcessRequest = Callable[[ServerConnection, Request], Response | None]
+HttpAnswer = Awaitable[Response | None] | Response | None
+ProcessRequest = Callable[[ServerConnection, Request], HttpAnswer]
 RETRY_AFTER_SECONDS = 10
 
 
@@ -81,7 +82,7 @@ class AdmissionControl:
         self.trusted_header = trusted_header
         self.http = http
 
-    def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+    def __call__(self, connection: ServerConnection, request: Request) -> HttpAnswer:
         is_upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         ip = client_ip(request.headers, connection.remote_address, self.trusted_header)
         if is_upgrade and self.counter.full(ip):

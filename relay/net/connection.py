@@ -32,6 +32,7 @@ from relay.core.session import (
     OpenNegentropy,
     QueryFailure,
     Reconcile,
+    Refused,
     Send,
     Session,
     StartCount,
@@ -41,6 +42,7 @@ from relay.core.session import (
 )
 from relay.core.write_policy import Source
 from relay.net.outbox import Flusher, Outbox, OutboxMeter
+from relay.net.verifier import SignatureCheckFailed
 from relay.store.base import QueryTimeout, TooManyItems
 
 log = logging.getLogger("relay.connection")
@@ -76,6 +78,8 @@ class RelayServices(Protocol):
     ) -> list[tuple[int, bytes]]: ...
 
     def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer: ...
+
+    def refused(self, what: str, reason: str) -> None: ...
 
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None: ...
 
@@ -130,10 +134,10 @@ class ClientConnection:
             sender.cancel()
 
     def settled(self, quiet: float) -> bool:
-        """Every frame read is answered and sent, and none came in the last `quiet` s."""
+        """Every frame read is answered and sent, and none came in the last `quiet` s.
+        Stored results still streaming are not waited for: they acknowledge nothing."""
         return (
             not self._in_flight
-            and not self._queries
             and self.outbox.idle
             and time.monotonic() - self.last_frame_at >= quiet
         )
@@ -164,6 +168,8 @@ class ClientConnection:
         for action in actions:
             if isinstance(action, Send):
                 self.outbox.put_many(action.frames)
+            elif isinstance(action, Refused):
+                self.services.refused(action.what, action.reason)
             elif isinstance(action, Watch):
                 self.services.watch(self, action.sub_id, action.filters)
             elif isinstance(action, Unwatch):
@@ -212,6 +218,8 @@ class ClientConnection:
         verified: bool | None
         try:
             verified = await self.services.verify(event)
+        except SignatureCheckFailed:
+            verified = None  # the verify process died; it logged that once
         except Exception:
             log.exception("could not check AUTH %s from %s", event.id, self.peer)
             verified = None

@@ -26,10 +26,14 @@ log = logging.getLogger("relay.outbox")
 
 class Flusher:
     """The outboxes that got frames during this turn of the event loop, flushed together
-    at its end: one callback for a broadcast to a thousand connections, not one each."""
+    at its end: one callback for a broadcast to a thousand connections, not one each.
 
-    def __init__(self) -> None:
+    Shared by every outbox of a relay, it also hears of each one that overflows.
+    """
+
+    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
         self._pending: list[Outbox] = []
+        self.on_overflow = on_overflow
 
     def add(self, outbox: Outbox) -> None:
         if not self._pending:
@@ -175,6 +179,8 @@ class Outbox:
         self._frames.clear()
         self._taken(self.queued_bytes)
         self._ready.set()
+        if self._flusher.on_overflow is not None:
+            self._flusher.on_overflow()
         self.on_overflow()
 
     def _schedule_flush(self) -> None:

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence, Set
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.core import auth, nip11, vanish
-from relay.core.errors import ClientError
+from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
@@ -20,14 +21,18 @@ from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session, SessionPolicy, SharedBudget
 from relay.core.subscriptions import SubscriptionIndex
 from relay.core.write_policy import Action, Source
+from relay.net import shutdown
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
-from relay.net.http import HttpResponder
+from relay.net.http import HttpResponder, serve_metrics
+from relay.net.metrics import Metrics, PrometheusMetrics
+from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
 from relay.net.outbox import Flusher, OutboxMeter
+from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.trim import MemoryTrimmer, map_large_blocks
-from relay.net.verifier import SignatureVerifier
+from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
-from relay.store.base import EventStore, SharedStore
+from relay.store.base import EventStore, SaveOutcome, SharedStore, StatsSource
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -35,23 +40,33 @@ log = logging.getLogger("relay")
 # Frames over the advertised max_message_length but under this many times it get a
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
-SHUTDOWN_FLUSH_SECONDS = 5.0
-# A connection that sent nothing for this long has had every frame it sent read.
-SHUTDOWN_QUIET_SECONDS = 0.1
+CHECK_FAILED = "error: the signature could not be checked, try again"
+# /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
+# (two of the Dockerfile's health check intervals) if no other write is tried.
+HEALTH_WINDOW_SECONDS = 60.0
 
 
 class RelayServer:
     def __init__(self, settings: Settings, store: EventStore) -> None:
         self.settings = settings
         self.store = store
-        self.writer = Writer(store, purge_interval=settings.purge_interval)
+        self.store_figures = StoreFigures(store)
+        self.event_rate = EventRate()
+        self.metrics: Metrics = (
+            PrometheusMetrics(lambda: len(self.connections), self.store_figures, self._restarts)
+            if settings.metrics_enabled
+            else Metrics()
+        )
+        self.writer = Writer(
+            store, purge_interval=settings.purge_interval, on_commit=self._committed
+        )
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
             settings.limits.created_at_lower_limit
         )
         self.connections: set[ClientConnection] = set()
         # Frames put during one loop turn reach their sockets at its end, all together.
-        self.flusher = Flusher()
+        self.flusher = Flusher(on_overflow=self.metrics.outbox_dropped)
         self.outbox_meter = OutboxMeter()
         self.live_entries = SharedBudget(settings.max_live_entries_total)
         self.neg_items = SharedBudget(settings.max_neg_items_total)
@@ -72,6 +87,9 @@ class RelayServer:
         self.auth = settings.auth_policy(settings.port)
         self.accepting = False
         self._server: Server | None = None
+        self._metrics_server: Server | None = None
+        self.mirror: Mirror | None = None
+        self.mirror_filter: dict[str, Any] = {}
 
     @property
     def port(self) -> int:
@@ -79,7 +97,24 @@ class RelayServer:
             raise RuntimeError("relay is not running")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def _metrics_here(self) -> bool:
+        """/metrics is served on the relay's own port."""
+        return self.metrics.enabled and not self.settings.metrics_apart
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on."""
+        if self._metrics_server is None:
+            return self.port
+        return int(self._metrics_server.sockets[0].getsockname()[1])
+
     async def start(self) -> None:
+        try:
+            self.mirror_filter = parse_mirror_filter(self.settings.mirror_filter)
+            check_peers(self.settings.mirror_peers)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         map_large_blocks()
         await self.store.open()
         if isinstance(self.store, SharedStore):
@@ -106,6 +141,8 @@ class RelayServer:
             ),
         )
         try:
+            if settings.metrics_apart:
+                self._metrics_server = await serve_metrics(self.metrics, settings)
             self._server = await serve(
                 self._handle,
                 self.settings.host,
@@ -113,7 +150,12 @@ class RelayServer:
                 process_request=AdmissionControl(
                     self.connections_per_ip,
                     self.settings.trusted_proxy_header,
-                    HttpResponder(info, lambda: self.accepting),
+                    HttpResponder(
+                        info,
+                        self.healthy,
+                        lambda: live_figures(self.store_figures, self.event_rate, self.connections),
+                        self.metrics if self._metrics_here else None,
+                    ),
                 ),
                 ping_interval=self.settings.ping_interval or None,
                 ping_timeout=self.settings.ping_timeout or None,
@@ -126,6 +168,7 @@ class RelayServer:
                 server_header=None,
             )
         except BaseException:
+            await self._close_metrics_server()
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
             await self.verifier.close()
@@ -144,11 +187,25 @@ class RelayServer:
         )
         self._ticker = asyncio.create_task(self._tick())
         self.accepting = True
+        if settings.mirror_peers:
+            local = ServerLocal(self.store, self.ingest)
+            self.mirror = Mirror(settings.mirror_peers, self.mirror_filter, local)
+            self.mirror.start()
         log.info("listening on %s:%d", self.settings.host, self.port)
+
+    def healthy(self) -> bool:
+        """/health: running, the database file is the one opened, and writes commit."""
+        return (
+            self.accepting
+            and self.store.intact()
+            and not self.writer.failing(HEALTH_WINDOW_SECONDS)
+        )
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
         self.accepting = False
+        if self.mirror is not None:
+            await self.mirror.close()
         if self._ticker is not None:
             self._ticker.cancel()
         if self._server is not None:
@@ -157,23 +214,19 @@ class RelayServer:
         # A plugin finishes the event it holds (or is killed) before the writer closes.
         await self.write_policy.close()
         await self.writer.close()
-        await self._settle_connections()
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+        # Answer every frame already received (refused now: accepting is False) and send
+        # the answers before the close frame; a frame read after it could not be answered.
+        await shutdown.stop(self._server, list(self.connections))
+        await self._close_metrics_server()
         await self.verifier.close()
         await self.store.close()
         self.trimmer.cancel()
         log.info("stopped")
 
-    async def _settle_connections(self) -> None:
-        """Answer every frame already received (refused now: accepting is False) and send
-        the answers before the close frame; a frame read after it could not be answered."""
-        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
-        while time.monotonic() < deadline:
-            if all(c.settled(SHUTDOWN_QUIET_SECONDS) for c in self.connections):
-                return
-            await asyncio.sleep(0.01)
+    async def _close_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer_name(ws)
@@ -208,6 +261,7 @@ class RelayServer:
             max_result_bytes=settings.max_result_bytes_in_flight,
         )
         self.connections.add(connection)
+        self.metrics.connection_opened()
         started = time.monotonic()
         log.info("%s connected", peer)
         try:
@@ -226,6 +280,12 @@ class RelayServer:
 
     async def ingest(self, event: Event, source: Source | None = None) -> tuple[bool, str]:
         """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
+        started = time.perf_counter()
+        accepted, reason = await self._ingest(event, source)
+        self.metrics.event_answered(accepted, reason, time.perf_counter() - started)
+        return accepted, reason
+
+    async def _ingest(self, event: Event, source: Source | None) -> tuple[bool, str]:
         if not self.accepting:
             return False, "error: the relay is shutting down"
         now = int(time.time())
@@ -235,8 +295,9 @@ class RelayServer:
             self.write_policy.check_unverified(event)
         except ClientError as error:
             return False, error.reason
-        if not await self.verifier.verify(event):
-            return False, "invalid: bad signature"
+        refusal = await self._signature_refusal(event)
+        if refusal is not None:
+            return False, refusal
         decision = await self.write_policy.decide(event, source or Source("", now))
         if decision.action is Action.REJECT:
             return False, decision.ok_reason
@@ -261,7 +322,10 @@ class RelayServer:
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]:
         """Stored matches page by page (the session caps the REQ as a whole)."""
+        started = time.perf_counter()
         found = await self.store.query(filters, int(time.time()))
+        cap = self.settings.max_req_results
+        self.metrics.query_done(time.perf_counter() - started, limit_hit(filters, len(found), cap))
         page: list[bytes] = []
         size = 0
         for raw in found:
@@ -304,13 +368,25 @@ class RelayServer:
                     connection.tick(now)
 
     async def verify(self, event: Event) -> bool:
-        return await self.verifier.verify(event)
+        """An AUTH event's signature (NIP-42; the session checked everything else)."""
+        valid = await self.verifier.verify(event)
+        self.metrics.authenticated(valid)
+        return valid
+
+    def refused(self, what: str, reason: str) -> None:
+        """An EVENT or AUTH the session refused before the pipeline saw it."""
+        if what == "auth":
+            self.metrics.authenticated(False)
+        else:
+            self.metrics.event_refused(reason)
 
     def watch(self, owner: ClientConnection, sub_id: str, filters: tuple[Filter, ...]) -> None:
         self.subscriptions.add(owner, sub_id, filters, int(time.time()))
+        self.metrics.subscription_opened()
 
     def unwatch(self, owner: ClientConnection, sub_id: str) -> None:
         self.subscriptions.remove(owner, sub_id)
+        self.metrics.subscription_closed()
 
     async def count(
         self, filters: Sequence[Filter], readers: Set[str], owner: object = None
@@ -333,10 +409,41 @@ class RelayServer:
         # Three reads: a commit between them may move the figures by what it added.
         return max(total - private + allowed, 0)
 
+    async def _signature_refusal(self, event: Event) -> str | None:
+        """Why the event's signature does not pass, or None when it does."""
+        try:
+            valid = await self.verifier.verify(event)
+        except SignatureCheckFailed:
+            # The verify process died holding it; it logged that once, and is restarted.
+            return CHECK_FAILED
+        return None if valid else Invalid("bad signature").reason
+
     def broadcast(self, event: Event) -> None:
         private = event.kind in self.auth.dm_kinds
-        for connection, sub_id in self.subscriptions.matching(event):
+        matching = self.subscriptions.matching(event)
+        for connection, sub_id in matching:
             connection.deliver(sub_id, event, private)
+        self.metrics.delivered(len(matching))
+
+    def _committed(self, outcomes: Sequence[SaveOutcome], seconds: float) -> None:
+        self.metrics.batch_committed(outcomes, seconds)
+        self.event_rate.committed(outcomes)
+
+    def _restarts(self) -> dict[str, int]:
+        """Child processes started again, by process (for the metrics)."""
+        restarts = {"verify": self.verifier.process_restarts}
+        if isinstance(self.store, StatsSource):
+            restarts["write"] = self.store.process_restarts
+        return restarts
+
+
+def limit_hit(filters: Sequence[Filter], found: int, cap: int) -> bool:
+    """Whether a REQ's query returned all it could: the REQ's cap, or every filter's
+    limit (filters overlap rarely enough for their sum to tell)."""
+    if found >= cap:
+        return True
+    limits = [f.limit for f in filters]
+    return None not in limits and found >= sum(limit or 0 for limit in limits)
 
 
 def _peer_name(ws: ServerConnection) -> str:

@@ -7,10 +7,15 @@ import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
 
-from relay.child import ChildStartError
+from relay.child import ChildRequestError, ChildStartError
 from relay.core.event import Event
 from relay.core.signature import verify_many
 from relay.net.verify_process import VerifyProcess
+
+
+class SignatureCheckFailed(Exception):
+    """The verify process died (or failed) holding this check: its outcome is unknown.
+    The process logged it once; the caller answers its event without a traceback."""
 
 
 class SignatureVerifier:
@@ -29,6 +34,11 @@ class SignatureVerifier:
             await self._process.start()
         except ChildStartError as error:
             raise OSError(f"cannot start the verify process: {error}") from error
+
+    @property
+    def process_restarts(self) -> int:
+        """Times the verify process was started again after it died."""
+        return 0 if self._process is None else self._process.restarts
 
     async def verify(self, event: Event) -> bool:
         loop = asyncio.get_running_loop()
@@ -66,6 +76,8 @@ def _resolve(
             future.cancel()
         return
     error = done.exception()
+    if isinstance(error, ChildRequestError):
+        error = SignatureCheckFailed(str(error))
     for index, (_, future) in enumerate(chunk):
         if future.done():
             continue

@@ -27,6 +27,10 @@ class VerifyProcess:
     async def start(self) -> None:
         await self.child.start()
 
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts
+
     async def verify_many(self, events: Sequence[Event]) -> list[bool]:
         request = b"V" + b"".join(
             bytes.fromhex(e.pubkey) + bytes.fromhex(e.id) + bytes.fromhex(e.sig) for e in events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -74,6 +75,32 @@ class EventStore(Protocol):
     async def purge_expired(self, now: int) -> int: ...
 
     async def close(self) -> None: ...
+
+    def intact(self) -> bool:
+        """Whether the storage is still the one opened (a file deleted or replaced under a
+        running relay is not). Cheap and synchronous: every /health request asks."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What an operator watches: events held (expired ones not yet purged included) and
+    bytes on disk (0 for a store without files)."""
+
+    events: int
+    bytes: int
+
+
+@runtime_checkable
+class StatsSource(Protocol):
+    """A store that reads its own figures more cheaply than a COUNT over every event."""
+
+    async def stats(self) -> StoreStats: ...
+
+    @property
+    def process_restarts(self) -> int:
+        """Times the store's own child process was started again after it died."""
+        ...
 
 
 @runtime_checkable

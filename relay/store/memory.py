@@ -27,6 +27,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.events: dict[str, Event] = {}
         self._by_address: dict[Address, str] = {}
+        # (event id, pubkey of the deletion request naming it): see rules.deleters.
         self._deleted_ids: set[tuple[str, str]] = set()
         self._deleted_addresses: dict[Address, int] = {}
         # NIP-62: pubkey -> created_at of its latest request to vanish.
@@ -38,13 +39,16 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
+    def intact(self) -> bool:
+        return True
+
     async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
         return [self._save(event) for event in events]
 
     def _save(self, event: Event) -> SaveOutcome:
         if event.id in self.events:
             return SaveOutcome.DUPLICATE
-        if rules.can_be_deleted(event) and (event.id, event.pubkey) in self._deleted_ids:
+        if any((event.id, key) in self._deleted_ids for key in rules.deleters(event)):
             return SaveOutcome.DELETED
         if vanish.erased_by(event, self._vanished):
             return SaveOutcome.VANISHED

@@ -199,6 +199,11 @@ class PostgresStore:
         )
         return raw
 
+    def intact(self) -> bool:
+        """Open: the database lives on its server, which reports failures as failed commits
+        (the writer's health), not as a file gone from under it."""
+        return self._writer is not None
+
     async def close(self) -> None:
         if self._feed is not None:
             await self._feed.close()

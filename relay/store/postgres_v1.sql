@@ -127,8 +127,10 @@ BEGIN
             outcomes[i] := 1;
             CONTINUE;
         END IF;
-        IF kinds[i] <> 5
-            AND EXISTS (SELECT 1 FROM deleted_ids WHERE id = ids[i] AND pubkey = pk) THEN
+        -- Deleted by its author, or for a gift wrap by a recipient (NIP-59).
+        IF kinds[i] <> 5 AND EXISTS (
+            SELECT 1 FROM deleted_ids WHERE id = ids[i] AND (pubkey = pk
+                OR (kinds[i] = 1059 AND pubkey = ANY(refs[first_ref : ref_ends[i]])))) THEN
             outcomes[i] := 3;
             CONTINUE;
         END IF;
@@ -177,10 +179,14 @@ BEGIN
         FROM unnest(tag_names[first_tag : tag_ends[i]], tag_values[first_tag : tag_ends[i]])
             AS t(name, value);
         IF kinds[i] = 5 THEN
-            -- NIP-09: the author's own events by id (a deletion itself cannot be deleted).
+            -- NIP-09: the author's own events by id (a deletion itself cannot be deleted),
+            -- and gift wraps addressed to the author (NIP-59).
             PERFORM relay_erase(array(
-                SELECT seq FROM events
-                WHERE id = ANY(refs[first_ref : ref_ends[i]]) AND pubkey = pk AND kind <> 5));
+                SELECT e.seq FROM events e
+                WHERE e.id = ANY(refs[first_ref : ref_ends[i]]) AND e.kind <> 5
+                    AND (e.pubkey = pk OR (e.kind = 1059 AND EXISTS (
+                        SELECT 1 FROM tags t WHERE t.seq = e.seq AND t.name = 'p'
+                            AND t.value = convert_to(encode(pk, 'hex'), 'UTF8'))))));
             INSERT INTO deleted_ids (id, pubkey)
             SELECT r, pk FROM unnest(refs[first_ref : ref_ends[i]]) AS r
             ON CONFLICT DO NOTHING;

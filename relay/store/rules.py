@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from relay.core.event import Event
 
 DELETION_KIND = 5
+GIFT_WRAP_KIND = 1059
 
 
 @dataclass(frozen=True, slots=True)
 class DeletionTargets:
-    """What a NIP-09 deletion request asks to remove, limited to its author's own events."""
+    """What a NIP-09 deletion request names: ids (removed where `tombstone_applies`) and
+    the author's own addresses."""
 
     ids: list[str]
     # (kind, d) of the author's replaceable/addressable events, up to `until`.
@@ -50,8 +52,20 @@ def can_be_deleted(event: Event) -> bool:
     return event.kind != DELETION_KIND
 
 
+def deleters(event: Event) -> set[str]:
+    """The keys whose deletion request (by `e` tag) removes `event`: its author, and for a
+    gift wrap its recipients (NIP-59: a wrap is signed by a throwaway key, so only the
+    `p` tag names someone who can ask for it to go)."""
+    if not can_be_deleted(event):
+        return set()
+    keys = {event.pubkey}
+    if event.kind == GIFT_WRAP_KIND:
+        keys.update(event.tag_values("p"))
+    return keys
+
+
 def tombstone_applies(event: Event, requested_by: str) -> bool:
-    return can_be_deleted(event) and event.pubkey == requested_by
+    return requested_by in deleters(event)
 
 
 def address_tombstone_applies(event: Event, until: int) -> bool:

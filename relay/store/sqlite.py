@@ -22,7 +22,7 @@ from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.store import sql, sqlite_writes
-from relay.store.base import QueryTimeout, SaveOutcome, TooManyItems
+from relay.store.base import QueryTimeout, SaveOutcome, StoreStats, TooManyItems
 from relay.store.sqlite_writes import SCHEMA_VERSION, load_schema
 from relay.store.write_process import WriteProcess
 
@@ -36,6 +36,7 @@ PROGRESS_STEPS = 1000
 # at its compile-time maximum (2 GiB by default); pages past it are read as before.
 READER_MMAP_BYTES = 1 << 40
 T = TypeVar("T")
+COUNT_ALL = "SELECT count(*) FROM events"
 
 
 async def run_on_connection(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -76,6 +77,9 @@ class Writes(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def restarts(self) -> int: ...
+
 
 class ThreadWrites:
     """The writer connection on aiosqlite's thread, in the relay's own process."""
@@ -85,6 +89,7 @@ class ThreadWrites:
         self.synchronous = synchronous
         self.search = search
         self.connection: aiosqlite.Connection | None = None
+        self.restarts = 0  # a thread is not restarted
 
     async def start(self) -> None:
         self.connection = await _connect(self.path, isolation_level=None)
@@ -138,6 +143,8 @@ class SqliteStore:
         )
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        # (device, inode) of the database file once open: see intact().
+        self._file_id: tuple[int, int] | None = None
 
     async def open(self) -> None:
         try:
@@ -150,6 +157,7 @@ class SqliteStore:
     async def _connect(self) -> None:
         # The writer creates the schema before any reader opens the file read-only.
         await self.writes.start()
+        self._file_id = _file_id(self.path)
         read_only_uri = f"file:{self.path}?mode=ro"
         for _ in range(self.reader_count):
             reader = await _connect(read_only_uri, uri=True, isolation_level=None)
@@ -158,7 +166,20 @@ class SqliteStore:
             await reader.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
             self._readers.put_nowait(reader)
 
+    def intact(self) -> bool:
+        """The database file is still at its path, and is the file the store opened.
+
+        Deleted or replaced, the connections go on with the old file, so writes succeed
+        and reads answer, but nothing of it survives a restart.
+        """
+        return self._file_id is not None and _file_id(self.path) == self._file_id
+
     async def close(self) -> None:
+        self._file_id = None
+        for reader in self._all_readers:
+            # A query still running (its REQ gone with its connection) would hold the
+            # close for up to query_timeout; interrupt() is safe from another thread.
+            reader._conn.interrupt()
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
@@ -191,6 +212,19 @@ class SqliteStore:
         if not reads:
             return []
         return await self._read(lambda db: _run_reads(db, reads))
+
+    async def stats(self) -> StoreStats:
+        """Events stored, and the bytes of the database file and its WAL.
+
+        A bare count(*) walks the leaves of the smallest index, not the rows: about
+        20 ms for 1,000,000 events, on a reader thread.
+        """
+        events = await self._read(lambda db: int(db.execute(COUNT_ALL).fetchone()[0]))
+        return StoreStats(events=events, bytes=_file_bytes(self.path, self.path + "-wal"))
+
+    @property
+    def process_restarts(self) -> int:
+        return self.writes.restarts
 
     async def count(self, filters: Sequence[Filter], now: int) -> int:
         matchable = [f for f in filters if f.can_match]
@@ -231,6 +265,19 @@ def _negentropy_items(
     if cap is not None and len(items) > cap:
         raise TooManyItems(cap)
     return items
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
+
+
+def _file_bytes(*paths: str) -> int:
+    """Their sizes added up; a missing one (no WAL yet) counts 0."""
+    return sum(os.stat(path).st_size for path in paths if os.path.exists(path))
 
 
 def _with_deadline(

@@ -68,14 +68,36 @@ def prepare_database(db: sqlite3.Connection, synchronous: str, search: bool) -> 
 
 
 def save_batch(db: sqlite3.Connection, events: Sequence[Event]) -> list[SaveOutcome]:
-    db.execute("BEGIN IMMEDIATE")
+    _begin(db)
     try:
         outcomes = [_save_one(db, event) for event in events]
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(db, exc)
         raise
     return outcomes
+
+
+def _begin(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        # A rollback that failed left one open: end it, or no batch could begin again.
+        db.execute("ROLLBACK")
+    db.execute("BEGIN IMMEDIATE")
+
+
+def _rollback(db: sqlite3.Connection, cause: BaseException) -> None:
+    """Undo a failed transaction without hiding why it failed.
+
+    SQLite rolls back by itself after some errors (a full disk, an I/O error): a ROLLBACK
+    then fails with "no transaction is active", and raised here it would replace the
+    error the operator needs to see.
+    """
+    if not db.in_transaction:
+        return
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error as failed:
+        cause.add_note(f"and the rollback failed: {failed}")
 
 
 def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
@@ -83,12 +105,7 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
     pubkey = bytes.fromhex(event.pubkey)
     if db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
         return SaveOutcome.DUPLICATE
-    if (
-        rules.can_be_deleted(event)
-        and db.execute(
-            "SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (event_id, pubkey)
-        ).fetchone()
-    ):
+    if _tombstoned(db, event, event_id):
         return SaveOutcome.DELETED
     if _vanished(db, event):
         return SaveOutcome.VANISHED
@@ -114,6 +131,18 @@ def _save_one(db: sqlite3.Connection, event: Event) -> SaveOutcome:
     if event.kind == rules.DELETION_KIND:
         _apply_deletion(db, event, pubkey)
     return SaveOutcome.STORED
+
+
+def _tombstoned(db: sqlite3.Connection, event: Event, event_id: bytes) -> bool:
+    """Whether a deletion request by a key that may delete `event` named its id."""
+    return any(
+        db.execute(
+            "SELECT 1 FROM deleted_ids WHERE id = ? AND pubkey = ?", (event_id, bytes.fromhex(key))
+        ).fetchone()
+        for key in rules.deleters(event)
+        # A `p` value that is not a key matches no deletion (bytes.fromhex takes "AB").
+        if HEX64.fullmatch(key)
+    )
 
 
 def _vanished(db: sqlite3.Connection, event: Event) -> bool:
@@ -180,11 +209,13 @@ def _apply_deletion(db: sqlite3.Connection, deletion: Event, pubkey: bytes) -> N
         if not HEX64.fullmatch(target):
             continue  # not an event id; bytes.fromhex would also take "AB" or "a b"
         target_id = bytes.fromhex(target)
-        rows = db.execute(
-            "SELECT seq FROM events WHERE id = ? AND pubkey = ? AND kind != ?",
-            (target_id, pubkey, rules.DELETION_KIND),
-        ).fetchall()
-        _delete_seqs(db, [seq for (seq,) in rows])
+        # Only the author's own events and gift wraps can be deletable by this key.
+        row = db.execute(
+            "SELECT seq, raw FROM events WHERE id = ? AND (pubkey = ? OR kind = ?)",
+            (target_id, pubkey, rules.GIFT_WRAP_KIND),
+        ).fetchone()
+        if row is not None and rules.tombstone_applies(event_from_raw(row[1]), deletion.pubkey):
+            _delete_seqs(db, [row[0]])
         db.execute(
             "INSERT OR IGNORE INTO deleted_ids (id, pubkey) VALUES (?, ?)", (target_id, pubkey)
         )
@@ -211,7 +242,7 @@ def _delete_seqs(db: sqlite3.Connection, seqs: list[int]) -> None:
 
 
 def purge_expired(db: sqlite3.Connection, now: int) -> int:
-    db.execute("BEGIN IMMEDIATE")
+    _begin(db)
     try:
         seqs = [
             seq
@@ -222,7 +253,7 @@ def purge_expired(db: sqlite3.Connection, now: int) -> int:
         for start in range(0, len(seqs), 500):
             _delete_seqs(db, seqs[start : start + 500])
         db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
+    except BaseException as exc:
+        _rollback(db, exc)
         raise
     return len(seqs)

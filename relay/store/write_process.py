@@ -41,6 +41,10 @@ class WriteProcess:
     def pid(self) -> int | None:
         return self.child.pid
 
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts
+
     async def start(self) -> None:
         await self.child.start()
 

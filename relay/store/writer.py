@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relay.core.event import Event
 from relay.store.base import EventStore, SaveOutcome
@@ -17,6 +17,8 @@ from relay.store.base import EventStore, SaveOutcome
 log = logging.getLogger("relay.writer")
 
 Pending = tuple[Event, "asyncio.Future[SaveOutcome]"]
+# Called after each commit with its outcomes and the seconds it took (metrics, figures).
+CommitHook = Callable[[Sequence[SaveOutcome], float], None]
 
 
 class WriterClosed(Exception):
@@ -36,6 +38,7 @@ class Writer:
         max_in_flight: int = 2,
         purge_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -44,11 +47,14 @@ class Writer:
         self.max_in_flight = max_in_flight
         self.purge_interval = purge_interval
         self.clock = clock
+        self.on_commit = on_commit
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_purge = 0.0
         self.batches = 0
+        # When the latest commit failed (clock time), None once one has succeeded since.
+        self.failed_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="writer")
@@ -59,6 +65,14 @@ class Writer:
         future: asyncio.Future[SaveOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((event, future))
         return await future
+
+    def failing(self, window: float) -> bool:
+        """The latest commit failed, less than `window` seconds ago.
+
+        An idle relay does not learn that writes work again until one is tried: after the
+        window it counts as healthy again, and the next failure says otherwise.
+        """
+        return self.failed_at is not None and self.clock() - self.failed_at < window
 
     async def close(self) -> None:
         """Take no more events, commit everything already queued, then stop."""
@@ -106,18 +120,23 @@ class Writer:
 
     async def _commit(self, batch: list[Pending]) -> None:
         now = int(self.clock())
+        started = time.perf_counter()
         try:
             outcomes = await self.store.save_many([event for event, _ in batch], now)
         except Exception as exc:
             log.error("could not commit a batch of %d events: %s", len(batch), exc)
+            self.failed_at = self.clock()
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StoreFailure(str(exc)))
             return
         self.batches += 1
+        self.failed_at = None
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+        if self.on_commit is not None:
+            self.on_commit(outcomes, time.perf_counter() - started)
 
     def _until_purge(self) -> float | None:
         if self.purge_interval <= 0:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from relay.net.server import RelayServer
 from tests.conftest import fetch_by_ids, url_of
+from tests.nostr import Client, Keys
 
 JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "interop.mjs"
@@ -209,3 +211,42 @@ async def test_recipient_authenticates_and_reads_its_dm(run: Run) -> None:
     assert result["before"]["events"] == [], run.explain("auth_dm")
     assert result["auth"]["ok"] is True, run.explain("auth_dm")
     assert result["after"]["events"] == [result["event"]], run.explain("auth_dm")
+
+
+async def test_negentropy_sync_finds_the_difference(node: str, relay: RelayServer) -> None:
+    """nostr-tools' NIP-77 `NegentropySync` over a socket: have and need exactly as they are."""
+    keys = Keys()
+    now = int(time.time())
+    shared = [keys.sign(content=f"shared {n}", created_at=now - 3000 + n) for n in range(400)]
+    only_relay = [keys.sign(content=f"relay {n}", created_at=now - 2000 + n) for n in range(30)]
+    only_client = [keys.sign(content=f"client {n}", created_at=now - 1000 + n) for n in range(20)]
+    client = await Client.connect(url_of(relay))
+    for event in shared + only_relay + [keys.sign(kind=7, content="+")]:
+        assert (await client.publish(event))[2] is True
+    await client.close()
+    request = {
+        "filter": {"kinds": [1]},
+        "items": [[e["created_at"], e["id"]] for e in shared + only_client],
+    }
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(JS_DIR / "negentropy_sync.mjs"),
+        url_of(relay),
+        cwd=JS_DIR,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(json.dumps(request).encode()), SCRIPT_TIMEOUT
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    result = json.loads(out)
+    assert result["closed"] is None
+    assert set(result["have"]) == {e["id"] for e in only_client}
+    assert set(result["need"]) == {e["id"] for e in only_relay}
