@@ -17,10 +17,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY . .
 
-# A non-editable install builds the wheel and installs it with its dependencies;
+# A non-editable install builds the wheel and installs it with its dependencies (asyncpg
+# too: one image runs on SQLite or, with RELAY_DB=postgresql://..., on PostgreSQL);
 # then check the packaged schema is a real file, and drop pip (not needed at run time).
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /src \
+    && /opt/venv/bin/pip install --no-cache-dir "/src[postgres]" \
     && /opt/venv/bin/python -c "from relay.store.sqlite import load_schema; assert 'CREATE TABLE' in load_schema()" \
     && /opt/venv/bin/relay --version \
     && /opt/venv/bin/python -m pip uninstall --yes pip

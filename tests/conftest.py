@@ -224,3 +224,37 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+class PgRelayProcess(RelayProcess):
+    """`python -m relay --db postgresql://...`: instances of one relay on one database."""
+
+    def __init__(self, url: str, port: int) -> None:
+        super().__init__(Path("unused"), port)
+        self.pg_url = url
+
+    @property
+    def db_arg(self) -> str:
+        return self.pg_url
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with schema_url() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_instances(pg_url: str) -> Iterator[Callable[[], PgRelayProcess]]:
+    """Start relay processes on one fresh schema; all are killed afterwards."""
+    made: list[PgRelayProcess] = []
+
+    def start() -> PgRelayProcess:
+        process = PgRelayProcess(pg_url, free_port())
+        made.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in made:
+        process.kill()

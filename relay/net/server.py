@@ -37,7 +37,7 @@ from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
-from relay.store.base import EventStore, SaveOutcome, StatsSource
+from relay.store.base import EventStore, SaveOutcome, SharedStore, StatsSource
 from relay.store.moderation import ModerationStore, default_moderation_store
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
@@ -136,6 +136,10 @@ class RelayServer:
             raise ConfigError(str(error)) from None
         map_large_blocks()
         await self.store.open()
+        if isinstance(self.store, SharedStore):
+            # Events other instances store reach this instance's subscribers too; before
+            # the first REQ, so none of them can fall in a gap.
+            await self.store.follow(self.broadcast)
         try:
             await self.verifier.start()
         except BaseException:
@@ -312,6 +316,8 @@ class RelayServer:
             return True, ""
         if event.is_ephemeral:
             self.broadcast(event)
+            if isinstance(self.store, SharedStore):
+                await self.store.announce(event)
             return True, ""
         try:
             outcome = await self.writer.save(event)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Hashable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -150,3 +150,18 @@ def split_pages(raws: Iterable[bytes], page_events: int, page_bytes: int) -> Ite
             page, size = [], 0
     if page:
         yield page
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store other relay instances write to as well (PostgreSQL): the events they store
+    or announce come back to this instance, to be sent to its live subscribers."""
+
+    async def follow(self, deliver: Callable[[Event], None]) -> None:
+        """From now until close(), hand each event another instance stored to `deliver`,
+        once, after its commit; returns once that is in place."""
+        ...
+
+    async def announce(self, event: Event) -> None:
+        """Pass an ephemeral event (never stored) on to the other instances."""
+        ...

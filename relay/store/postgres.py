@@ -37,12 +37,17 @@ core/search.py, see store/pg_batch.py) are stored as a tsvector with a GIN index
 search is a tsquery of all its words, ranked by ts_rank. With search off the column is
 left NULL; switched on again, the words of the events written meanwhile are filled in on
 open. Every instance on one database should share the setting.
+
+Live events across instances: each stored event is NOTIFYed inside its batch's
+transaction and every instance LISTENs (store/pg_live.py, started by follow()).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 from importlib import resources
 from typing import Any, TypeAlias, TypeVar
@@ -54,7 +59,7 @@ from asyncpg.pool import PoolConnectionProxy
 from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
-from relay.store import pg_batch, pg_sql
+from relay.store import pg_batch, pg_live, pg_sql
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
@@ -80,6 +85,8 @@ SAVE_ATTEMPTS = 3
 PURGE_CHUNK = 1000
 FILL_CHUNK = 1000
 
+NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
+FETCH_LIVE = "SELECT raw FROM events WHERE id = $1 AND (expiration IS NULL OR expiration > $2)"
 SAVE_BATCH = "SELECT relay_save_batch(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
 
 
@@ -133,6 +140,10 @@ class PostgresStore:
         self._readers: asyncpg.Pool | None = None
         # One batch or purge chunk at a time, in the order the writer hands them over.
         self._write_lock = asyncio.Lock()
+        # Tags this instance's notifications, so it skips its own (store/pg_live.py).
+        self.instance = uuid.uuid4().hex[:16]
+        self.channel = ""
+        self._feed: pg_live.LiveFeed | None = None
 
     async def open(self) -> None:
         try:
@@ -155,6 +166,7 @@ class PostgresStore:
         )
         async with self._writer.acquire() as conn:
             await migrate(conn)
+            self.channel = pg_live.channel_name(await conn.fetchval("SELECT current_schema()"))
             await self._prepare_search(conn)
         reader_settings = {"application_name": "pyrelay", "default_transaction_read_only": "on"}
         if self.query_timeout is not None:
@@ -167,12 +179,43 @@ class PostgresStore:
             server_settings=reader_settings,
         )
 
+    async def follow(self, deliver: pg_live.Deliver) -> None:
+        """Hand every event other instances store from now on to `deliver`, after its
+        commit; stopped by close(). Returns once LISTEN is in place (or, the server being
+        unreachable, after CONNECT_TIMEOUT, the feed retrying on its own)."""
+        self._feed = pg_live.LiveFeed(self.dsn, self.channel, self.instance, self._fetch, deliver)
+        self._feed.start()
+        try:
+            await asyncio.wait_for(self._feed.listening.wait(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("live events from other instances: not listening yet, still trying")
+
+    async def announce(self, event: Event) -> None:
+        """Tell the other instances of an ephemeral event (never stored: one too big for
+        a notification reaches this instance's subscribers only)."""
+        if (
+            self._feed is not None
+            and len(self.instance) + 1 + len(event.raw) <= pg_live.MAX_PAYLOAD_BYTES
+        ):
+            await self._feed.notify(pg_live.payload(self.instance, event))
+
+    async def _fetch(self, event_id: str) -> bytes | None:
+        """A stored, unexpired event's JSON, for a notification too big to carry it."""
+        now = int(time.time())
+        raw: bytes | None = await self._read(
+            lambda conn: conn.fetchval(FETCH_LIVE, bytes.fromhex(event_id), now)
+        )
+        return raw
+
     def intact(self) -> bool:
         """Open: the database lives on its server, which reports failures as failed commits
         (the writer's health), not as a file gone from under it."""
         return self._writer is not None
 
     async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
+            self._feed = None
         for pool in (self._readers, self._writer):
             if pool is not None:
                 await pool.close()
@@ -182,8 +225,9 @@ class PostgresStore:
         if not events:
             return []
         args = pg_batch.batch_args(events, self.search).as_tuple()
+        notices = [pg_live.payload(self.instance, event) for event in events]
         async with self._write_lock:
-            codes = await self._write(lambda conn: _save_batch(conn, args))
+            codes = await self._write(lambda conn: _save_batch(conn, args, self.channel, notices))
         return pg_batch.outcomes_of(codes)
 
     async def purge_expired(self, now: int) -> int:
@@ -284,9 +328,20 @@ class PostgresStore:
             await _set_meta(conn, "search_words", "complete")
 
 
-async def _save_batch(conn: Conn, args: tuple[Any, ...]) -> list[int]:
+async def _save_batch(
+    conn: Conn, args: tuple[Any, ...], channel: str, notices: list[str]
+) -> list[int]:
+    """Save a batch; in the same transaction notify the events it stored, so other
+    instances hear of them after the commit, never before, never for a rollback."""
     async with conn.transaction():
         codes: list[int] = await conn.fetchval(SAVE_BATCH, *args)
+        stored = [
+            text
+            for text, code in zip(notices, codes, strict=True)
+            if pg_batch.OUTCOMES[code].broadcast
+        ]
+        if stored:
+            await conn.execute(NOTIFY, channel, stored)
     return codes
 
 
