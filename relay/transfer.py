@@ -30,8 +30,9 @@ from relay.core import canonical, vanish
 from relay.core.auth import AUTH_KIND
 from relay.core.errors import ClientError, Invalid
 from relay.core.event import Event, parse_event
-from relay.core.filters import Filter, parse_filter
+from relay.core.filters import Filter
 from relay.core.signature import verify_many
+from relay.net.sync import StoreReads
 from relay.store import sql
 from relay.store.base import EventStore, SaveOutcome
 
@@ -364,21 +365,12 @@ def backup(path: str | Path, target: str | Path) -> BackupResult:
 # -- sync: this database as the local side of relay/net/sync.py ----------------------
 
 
-class StoreLocal:
+class StoreLocal(StoreReads):
     """The command line's side: the store itself, with import's checks before save_many."""
 
     def __init__(self, store: EventStore, rules: ImportRules) -> None:
-        self.events = store
+        super().__init__(store)
         self.rules = rules
-
-    async def items(self, f: Filter) -> list[tuple[int, bytes]]:
-        return await self.events.negentropy_items([f], int(time.time()))
-
-    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
-        if not ids:
-            return []
-        f = parse_filter({"ids": [i.hex() for i in ids], "limit": len(ids)})
-        return await self.events.query([f], int(time.time()))
 
     async def store(self, objs: Sequence[Any]) -> list[str]:
         now = int(time.time())

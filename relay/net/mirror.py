@@ -19,9 +19,9 @@ from typing import Any
 from relay.core import canonical
 from relay.core.errors import ClientError
 from relay.core.event import parse_event
-from relay.core.filters import Filter, parse_filter
+from relay.core.filters import parse_filter
 from relay.core.write_policy import Source
-from relay.net.sync import Peer, SyncError, SyncStats, sync
+from relay.net.sync import Peer, StoreReads, SyncError, SyncStats, sync
 from relay.store.base import EventStore
 
 log = logging.getLogger("relay.mirror")
@@ -57,21 +57,12 @@ def check_peers(peers: Sequence[str]) -> None:
             raise ValueError(f"mirror_peers: {url!r} is not a ws:// or wss:// URL")
 
 
-class ServerLocal:
+class ServerLocal(StoreReads):
     """The running relay as the local side of a sync: its store, and ingest for writes."""
 
     def __init__(self, store: EventStore, ingest: Ingest) -> None:
-        self.events = store
+        super().__init__(store)
         self.ingest = ingest
-
-    async def items(self, f: Filter) -> list[tuple[int, bytes]]:
-        return await self.events.negentropy_items([f], int(time.time()))
-
-    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
-        if not ids:
-            return []
-        f = parse_filter({"ids": [i.hex() for i in ids], "limit": len(ids)})
-        return await self.events.query([f], int(time.time()))
 
     async def store(self, objs: Sequence[Any]) -> list[str]:
         reasons: list[str] = []

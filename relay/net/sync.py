@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from relay.core import canonical
 from relay.core.filters import Filter, parse_filter
 from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyClient, NegentropyError, Storage
+from relay.store.base import EventStore
 
 DIRECTIONS = ("down", "up", "both")
 # Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values).
@@ -62,6 +63,23 @@ class Local(Protocol):
     async def store(self, objs: Sequence[Any]) -> list[str]:
         """Store events received as JSON objects; per event "" (stored) or the reason."""
         ...
+
+
+class StoreReads:
+    """The local side's reads, straight from its store: the set to reconcile, and events
+    by id to upload. The relay's mirror and the command line differ only in how they write."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.events = store
+
+    async def items(self, f: Filter) -> list[tuple[int, bytes]]:
+        return await self.events.negentropy_items([f], int(time.time()))
+
+    async def raw_events(self, ids: Sequence[bytes]) -> list[bytes]:
+        if not ids:
+            return []
+        f = parse_filter({"ids": [i.hex() for i in ids], "limit": len(ids)})
+        return await self.events.query([f], int(time.time()))
 
 
 @dataclass
