@@ -43,6 +43,7 @@ from relay.core.messages import (
 )
 from relay.core.negentropy import NegentropyServer
 from relay.core.ratelimit import RateLimiter
+from relay.core.subscriptions import entries as index_entries
 
 # --- what the session asks its driver to do ---------------------------------------------
 
@@ -210,26 +211,6 @@ class SessionPolicy:
     neg_idle_seconds: float = 60.0
 
 
-def live_entries(filters: tuple[Filter, ...]) -> int:
-    """What these filters cost the live index: the values of the field each is filed
-    under (ids, authors, its first tag or kinds), or 1 for a filter with none."""
-    total = 0
-    for f in filters:
-        if not f.can_match:
-            continue
-        if f.ids is not None:
-            total += len(f.ids)
-        elif f.authors is not None:
-            total += len(f.authors)
-        elif f.tags:
-            total += len(f.tags[0][1])
-        elif f.kinds is not None:
-            total += len(f.kinds)
-        else:
-            total += 1
-    return total
-
-
 # --- the connection's state ------------------------------------------------------------
 
 
@@ -249,10 +230,6 @@ class Subscription:
     # 64-bit id prefixes of the stored events sent, so a held event is not sent twice.
     sent_ids: set[bytes] = field(default_factory=set)
     sent: int = 0
-
-    @property
-    def querying(self) -> bool:
-        return self.query_id is not None
 
 
 class QueryKind(Enum):
@@ -349,7 +326,7 @@ class Session:
         if isinstance(message, ReqMessage):
             return self._open(message)
         if isinstance(message, CloseMessage):
-            return self._close(message.sub_id)
+            return self._end_subscription(message.sub_id)
         if isinstance(message, AuthMessage):
             return self._authenticate(message.event)
         return self._count(message)
@@ -427,7 +404,7 @@ class Session:
                 sub_id, Restricted(f"at most {limits.max_subscriptions} open subscriptions")
             )
         filters = tuple(self._clamp(f) for f in req.filters)
-        entries = live_entries(filters)
+        entries = index_entries(filters)
         self._check_entries(sub_id, entries)
         needs_query = any(f.limit != 0 and f.can_match for f in filters)
         if needs_query:
@@ -480,9 +457,6 @@ class Session:
         most = self.limits.max_queries_in_flight
         if len(self.queries) >= most:
             raise _refused(sub_id, RateLimited(f"at most {most} queries at once, wait for EOSE"))
-
-    def _close(self, sub_id: str) -> list[Action]:
-        return self._end_subscription(sub_id)
 
     def _count(self, request: CountMessage) -> list[Action]:
         if not self.policy.count_enabled:
