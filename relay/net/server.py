@@ -78,6 +78,7 @@ class RelayServer:
             purge_interval=settings.purge_interval,
             prune_batch=self.retention.batch if self.retention.enabled else 0,
             on_commit=self._committed,
+            on_purge=self.metrics.purged,
         )
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(

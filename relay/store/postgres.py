@@ -63,6 +63,7 @@ from relay.store import pg_batch, pg_live, pg_sql
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    Purged,
     QueryTimeout,
     SaveOutcome,
     TooManyItems,
@@ -230,7 +231,7 @@ class PostgresStore:
             codes = await self._write(lambda conn: _save_batch(conn, args, self.channel, notices))
         return pg_batch.outcomes_of(codes)
 
-    async def purge_expired(self, now: int) -> int:
+    async def purge_expired(self, now: int) -> Purged:
         purged = 0
         while True:
             # A chunk per transaction: batches get the writer between chunks.
@@ -242,7 +243,7 @@ class PostgresStore:
                 )
             purged += chunk
             if chunk < PURGE_CHUNK:
-                return purged
+                return Purged(expired=purged)
 
     async def query(
         self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
