@@ -37,6 +37,7 @@ POSTGRES_RELAY_MODULES = {
     "test_count",
     "test_vanish",
     "test_search",
+    "test_nip86",
 }
 
 

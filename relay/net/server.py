@@ -38,7 +38,7 @@ from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore, SaveOutcome, SharedStore, StatsSource
-from relay.store.moderation import ModerationStore, default_moderation_store
+from relay.store.moderation import ModerationStore, SharedModeration, default_moderation_store
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -150,6 +150,9 @@ class RelayServer:
         settings = self.settings
         try:
             self.moderation = await self.moderation_store.load()
+            if isinstance(self.moderation_store, SharedModeration):
+                # Bans, blocks and renames made through the other instances apply here too.
+                await self.moderation_store.follow(self._apply_moderation, self._reload_moderation)
             self._http = HttpResponder(
                 self._info_document(),
                 self.healthy,
@@ -176,6 +179,7 @@ class RelayServer:
             )
         except BaseException:
             await self._close_metrics_server()
+            await self._close_moderation()
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
             await self.verifier.close()
@@ -225,10 +229,15 @@ class RelayServer:
         # the answers before the close frame; a frame read after it could not be answered.
         await shutdown.stop(self._server, list(self.connections))
         await self._close_metrics_server()
+        await self._close_moderation()
         await self.verifier.close()
         await self.store.close()
         self.trimmer.cancel()
         log.info("stopped")
+
+    async def _close_moderation(self) -> None:
+        if isinstance(self.moderation_store, SharedModeration):
+            await self.moderation_store.close()
 
     async def _close_metrics_server(self) -> None:
         if self._metrics_server is not None:
@@ -485,6 +494,15 @@ class RelayServer:
         """The URLs a NIP-98 `u` tag may name: the relay's, as ws(s):// and http(s)://."""
         url = self.settings.public_url(self.port)
         return [url, "http" + url.removeprefix("ws")]
+
+    def _apply_moderation(self, change: Change) -> None:
+        """A change another instance made (this one's own go through Nip86)."""
+        self.moderation.apply(change)
+        self._moderation_changed(change)
+
+    def _reload_moderation(self, state: ModerationState) -> None:
+        for change in self.moderation.changes_to(state):
+            self._apply_moderation(change)
 
     def _moderation_changed(self, change: Change) -> None:
         if change.table == "info" and self._http is not None:

@@ -30,7 +30,8 @@ wrap's author racing a request to vanish by its recipient); PostgreSQL then abor
 transaction, and that batch is retried whole, its rollback having left nothing behind.
 
 Expired events are purged in chunks that skip rows a concurrent batch holds (FOR UPDATE
-SKIP LOCKED), so a purge never waits on a writer.
+SKIP LOCKED), so a purge never waits on a writer. The NIP-86 moderation state is a table
+of the database too, followed by every instance (store/pg_moderation.py).
 
 NIP-50 search uses PostgreSQL's full-text search: each event's words (cut in Python by
 core/search.py, see store/pg_batch.py) are stored as a tsvector with a GIN index, a
@@ -70,13 +71,15 @@ from relay.store.base import (
     check_page_bounds,
     split_pages,
 )
+from relay.store.pg_moderation import PostgresModeration
 
 log = logging.getLogger("relay.postgres")
 T = TypeVar("T")
 # Every connection of the store comes from one of its two pools.
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
-SCHEMA_VERSION = 1
+# 2: the NIP-86 moderation table (postgres_v2.sql).
+SCHEMA_VERSION = 2
 # Advisory lock key for migrations (b"pyrelay!"); pubkey keys collide with it only by
 # chance, which would merely make a start wait for a batch.
 MIGRATION_LOCK = int.from_bytes(b"pyrelay!", "big", signed=True)
@@ -232,7 +235,7 @@ class PostgresStore:
         return pg_batch.outcomes_of(codes)
 
     async def purge_expired(self, now: int) -> Purged:
-        purged = 0
+        expired = 0
         while True:
             # A chunk per transaction: batches get the writer between chunks.
             async with self._write_lock:
@@ -241,9 +244,13 @@ class PostgresStore:
                         "SELECT relay_purge_expired($1, $2)", now, PURGE_CHUNK
                     )
                 )
-            purged += chunk
+            expired += chunk
             if chunk < PURGE_CHUNK:
-                return Purged(expired=purged)
+                return Purged(expired=expired)
+
+    def moderation_store(self) -> PostgresModeration:
+        """The NIP-86 state in this database, shared with every instance on it."""
+        return PostgresModeration(self.dsn)
 
     async def query(
         self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None
