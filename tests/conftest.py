@@ -38,6 +38,7 @@ POSTGRES_RELAY_MODULES = {
     "test_vanish",
     "test_search",
     "test_nip86",
+    "test_retention",
 }
 
 

@@ -30,8 +30,9 @@ wrap's author racing a request to vanish by its recipient); PostgreSQL then abor
 transaction, and that batch is retried whole, its rollback having left nothing behind.
 
 Expired events are purged in chunks that skip rows a concurrent batch holds (FOR UPDATE
-SKIP LOCKED), so a purge never waits on a writer. The NIP-86 moderation state is a table
-of the database too, followed by every instance (store/pg_moderation.py).
+SKIP LOCKED), so a purge never waits on a writer; retention prunes the same way, one batch
+per turn, one instance at a time (store/pg_retention.py). The NIP-86 moderation state is
+a table of the database too, followed by every instance (store/pg_moderation.py).
 
 NIP-50 search uses PostgreSQL's full-text search: each event's words (cut in Python by
 core/search.py, see store/pg_batch.py) are stored as a tsvector with a GIN index, a
@@ -60,7 +61,8 @@ from asyncpg.pool import PoolConnectionProxy
 from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
-from relay.store import pg_batch, pg_live, pg_sql
+from relay.core.retention import Retention
+from relay.store import pg_batch, pg_live, pg_retention, pg_sql
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
@@ -133,8 +135,10 @@ class PostgresStore:
         query_timeout: float | None = None,
         search: bool = True,
         durable: bool = True,
+        retention: Retention | None = None,
     ) -> None:
         self.dsn = dsn
+        self.retention = retention or Retention()
         # False only for tests: a commit returns before its WAL reaches the disk.
         self.durable = durable
         self.reader_count = readers
@@ -235,6 +239,7 @@ class PostgresStore:
         return pg_batch.outcomes_of(codes)
 
     async def purge_expired(self, now: int) -> Purged:
+        """Every expired event, then one retention batch (store/pg_retention.py)."""
         expired = 0
         while True:
             # A chunk per transaction: batches get the writer between chunks.
@@ -246,7 +251,11 @@ class PostgresStore:
                 )
             expired += chunk
             if chunk < PURGE_CHUNK:
-                return Purged(expired=expired)
+                break
+        retention = self.retention
+        async with self._write_lock:
+            pruned = await self._write(lambda conn: pg_retention.prune(conn, now, retention))
+        return Purged(expired=expired) + pruned
 
     def moderation_store(self) -> PostgresModeration:
         """The NIP-86 state in this database, shared with every instance on it."""
