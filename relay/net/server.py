@@ -31,7 +31,14 @@ from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder, serve_metrics
 from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
-from relay.net.nip86 import BodyReadingConnection, Nip86, blocked_ip_response, is_rpc
+from relay.net.nip86 import (
+    BodyReadingConnection,
+    Nip86,
+    blocked_ip_response,
+    body_too_large,
+    body_too_large_response,
+    is_rpc,
+)
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.trim import MemoryTrimmer, map_large_blocks
@@ -467,6 +474,8 @@ class RelayServer:
             ip = client_ip(headers, ws.remote_address, trusted)
             # The management API stays open to a blocked address: an admin must not lock
             # themself out. It admits by NIP-98 signature, not by address.
+            if body_too_large(ws):
+                return body_too_large_response()
             if is_rpc(request):
                 return nip86(ws, request)
             if self.moderation.ip_blocked(ip):
