@@ -13,11 +13,13 @@ over the budget" would erase every prunable event. Instead, when the size first 
 the budget, the average bytes per event (size / events) is measured and kept in
 relay_meta, and the budget becomes a number of events: budget / that average. It is
 measured again once the size is back under the budget (a VACUUM FULL) or the budget
-changes.
+changes. Counting the events takes a while on a large table, so it runs on a reader,
+before the writer's short transaction (budget_plan), never inside it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from relay.core.retention import Retention
@@ -32,7 +34,38 @@ SIZE = "SELECT pg_total_relation_size('events') + pg_total_relation_size('tags')
 Conn = Any  # an asyncpg connection (or a pool's proxy of one)
 
 
-async def prune(conn: Conn, now: int, retention: Retention) -> Purged:
+@dataclass(frozen=True, slots=True)
+class BudgetPlan:
+    """What the budget asks of one prune: how many events over it, and the relay_meta
+    value to write first (None: leave it; "": remove it)."""
+
+    excess: int = 0
+    meta: str | None = None
+
+
+NO_BUDGET = BudgetPlan()
+
+
+async def budget_plan(conn: Conn, budget: int) -> BudgetPlan:
+    """Read-only, on a reader: the number of events past what the budget holds."""
+    if not budget:
+        return NO_BUDGET
+    size = int(await conn.fetchval(SIZE))
+    kept = await conn.fetchval("SELECT value FROM relay_meta WHERE key = $1", BUDGET_KEY)
+    if size <= budget:
+        return NO_BUDGET if kept is None else BudgetPlan(meta="")
+    count = int(await conn.fetchval("SELECT count(*) FROM events"))
+    measured_budget, _, per_event_text = (kept or "").partition(" ")
+    meta = None
+    if kept is None or measured_budget != str(budget):
+        per_event_text = str(max(1, size // max(count, 1)))
+        meta = f"{budget} {per_event_text}"
+    return BudgetPlan(max(0, count - budget // int(per_event_text)), meta)
+
+
+async def prune(
+    conn: Conn, now: int, retention: Retention, budget: BudgetPlan = NO_BUDGET
+) -> Purged:
     """At most retention.batch events, in one transaction; Purged() when another instance
     holds the turn."""
     if not retention.enabled:
@@ -40,13 +73,12 @@ async def prune(conn: Conn, now: int, retention: Retention) -> Purged:
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
             return Purged()
+        await _record(conn, budget.meta)
         aged = await _aged_out(conn, now, retention)
         oldest: list[int] = []
         room = retention.batch - len(aged)
-        if room > 0 and retention.budget_bytes:
-            excess = await _events_over_budget(conn, retention.budget_bytes)
-            if excess > 0:
-                oldest = await _oldest(conn, retention, min(room, excess), aged)
+        if room > 0 and budget.excess > 0:
+            oldest = await _oldest(conn, retention, min(room, budget.excess), aged)
         gone = aged + oldest
         if gone:
             await conn.execute("SELECT relay_erase($1::bigint[])", gone)
@@ -80,25 +112,17 @@ async def _aged_out(conn: Conn, now: int, retention: Retention) -> list[int]:
     return seqs
 
 
-async def _events_over_budget(conn: Conn, budget: int) -> int:
-    """How many events past the number the budget holds (module docstring)."""
-    size = int(await conn.fetchval(SIZE))
-    kept = await conn.fetchval("SELECT value FROM relay_meta WHERE key = $1", BUDGET_KEY)
-    measured_budget, _, per_event_text = (kept or "").partition(" ")
-    if size <= budget:
-        if kept is not None:
-            await conn.execute("DELETE FROM relay_meta WHERE key = $1", BUDGET_KEY)
-        return 0
-    count = int(await conn.fetchval("SELECT count(*) FROM events"))
-    if kept is None or measured_budget != str(budget):
-        per_event_text = str(max(1, size // max(count, 1)))
+async def _record(conn: Conn, meta: str | None) -> None:
+    """The bytes per event the budget was measured with (module docstring)."""
+    if meta == "":
+        await conn.execute("DELETE FROM relay_meta WHERE key = $1", BUDGET_KEY)
+    elif meta is not None:
         await conn.execute(
             "INSERT INTO relay_meta (key, value) VALUES ($1, $2)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             BUDGET_KEY,
-            f"{budget} {per_event_text}",
+            meta,
         )
-    return count - budget // int(per_event_text)
 
 
 async def _oldest(conn: Conn, retention: Retention, count: int, taken: list[int]) -> list[int]:

@@ -253,8 +253,13 @@ class PostgresStore:
             if chunk < PURGE_CHUNK:
                 break
         retention = self.retention
+        if not retention.enabled:
+            return Purged(expired=expired)
+        # Counting the events for the budget is slow on a large table: on a reader, before
+        # the writer's turn, so that saves do not wait for it.
+        plan = await self._read(lambda conn: pg_retention.budget_plan(conn, retention.budget_bytes))
         async with self._write_lock:
-            pruned = await self._write(lambda conn: pg_retention.prune(conn, now, retention))
+            pruned = await self._write(lambda conn: pg_retention.prune(conn, now, retention, plan))
         return Purged(expired=expired) + pruned
 
     def moderation_store(self) -> PostgresModeration:
