@@ -472,10 +472,10 @@ class RelayServer:
         def process_request(ws: ServerConnection, request: Request) -> Any:
             headers, trusted = request.headers, self.settings.trusted_proxy_header
             ip = client_ip(headers, ws.remote_address, trusted)
-            # The management API stays open to a blocked address: an admin must not lock
-            # themself out. It admits by NIP-98 signature, not by address.
             if body_too_large(ws):
                 return body_too_large_response()
+            # The management API stays open to a blocked address: an admin must not lock
+            # themself out. It admits by NIP-98 signature, not by address.
             if is_rpc(request):
                 return nip86(ws, request)
             if self.moderation.ip_blocked(ip):
