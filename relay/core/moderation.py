@@ -145,7 +145,15 @@ def _hex64(value: Any) -> bool:
 
 
 def _text(value: Any) -> bool:
-    return isinstance(value, str) and len(value) <= MAX_TEXT
+    """A string either store can keep: PostgreSQL text holds no U+0000, and neither
+    store takes a lone surrogate (JSON's "\\ud800" parses to one)."""
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> bool:
