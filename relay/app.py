@@ -35,6 +35,7 @@ def build_store(settings: Settings) -> EventStore:
             readers=settings.readers,
             query_timeout=settings.query_timeout,
             search=settings.search_enabled,
+            retention=settings.retention,
         )
     db = Path(settings.db).expanduser().absolute()
     db.parent.mkdir(parents=True, exist_ok=True)

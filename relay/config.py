@@ -65,12 +65,13 @@ class Settings:
     # SQLite writes in a child process, so commits do not wait on the event loop's GIL.
     write_process: bool = True
     purge_interval: int = 60
-    # Retention (SQLite): "kind:seconds" entries, "*:seconds" for every other kind; an
+    # Retention: "kind:seconds" entries, "*:seconds" for every other kind; an
     # event older than its kind's age is pruned, and refused when published.
     retention_max_age: tuple[str, ...] = ()
     # Kinds never pruned, by age or by budget.
     retention_keep_kinds: tuple[int, ...] = (0, 3, 10002)
-    # Bytes of database pages in use past which the oldest prunable events go (0: none).
+    # Bytes of database pages in use (PostgreSQL: the tables' size) past which the oldest
+    # prunable events go (0: none).
     storage_budget_bytes: int = 0
     # Events pruned per writer turn: ingest waits at most one batch.
     retention_batch: int = 100

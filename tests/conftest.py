@@ -37,6 +37,8 @@ POSTGRES_RELAY_MODULES = {
     "test_count",
     "test_vanish",
     "test_search",
+    "test_nip86",
+    "test_retention",
 }
 
 
@@ -88,7 +90,12 @@ async def start_relay(tmp_path: Path, relay_backend: str) -> AsyncIterator[Relay
             store = (
                 build_store(settings)
                 if relay_backend == "postgres"
-                else SqliteStore(settings.db, synchronous="NORMAL", search=settings.search_enabled)
+                else SqliteStore(
+                    settings.db,
+                    synchronous="NORMAL",
+                    search=settings.search_enabled,
+                    retention=settings.retention,
+                )
             )
             relay = RelayServer(settings, store)
             await relay.start()

@@ -20,7 +20,7 @@ import pytest
 from relay.core.event import Event, parse_event
 from relay.core.filters import parse_filter
 from relay.net.verify_process import VerifyProcess
-from relay.store.base import SaveOutcome
+from relay.store.base import Purged, SaveOutcome
 from relay.store.checkpoint import Checkpointer
 from relay.store.sqlite import SqliteStore
 from relay.store.sqlite_writes import PAGE_SIZE, prepare_database, save_batch
@@ -61,8 +61,8 @@ class SlowStore:
         self.finished.append(ids)
         return [SaveOutcome.STORED] * len(batch)
 
-    async def purge_expired(self, now: int) -> int:
-        return 0
+    async def purge_expired(self, now: int) -> Purged:
+        return Purged()
 
 
 async def test_writer_keeps_two_batches_in_flight_and_answers_each_event() -> None:

@@ -3,17 +3,20 @@ the /stats figures; and the pieces behind them, without sockets."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from relay.core.event import parse_event
 from relay.core.filters import Filter
 from relay.net.metrics import Histogram, reason_prefix
 from relay.net.server import RelayServer, limit_hit
 from relay.net.stats import EventRate
 from relay.store.base import SaveOutcome
 from tests.conftest import RelayFactory, url_of
-from tests.http_client import http_request, metric, scrape
+from tests.http_client import Samples, http_request, metric, scrape
 from tests.nostr import Client, Keys
 
 
@@ -75,6 +78,42 @@ async def test_metrics_count_known_traffic(start_relay: RelayFactory, keys: Keys
     assert metric(samples, "relay_database_bytes") > 0
     assert metric(samples, "relay_child_restarts_total", process="verify") == 0
     assert metric(samples, "relay_outbox_drops_total") == 0
+
+
+async def scrape_until(relay: RelayServer, name: str, **labels: str) -> Samples:
+    """/metrics once the sample is above 0 (the writer prunes beside the commit whose OK
+    the client waited for, so it may not have finished yet); bounded."""
+    for _ in range(200):
+        samples = await scrape(relay.port)
+        if metric(samples, name, **labels) > 0:
+            return samples
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{name} {labels} stayed at 0")
+
+
+async def test_pruned_events_are_counted_by_reason(start_relay: RelayFactory, keys: Keys) -> None:
+    # Purged after every commit, so publishing one event makes the writer prune.
+    relay = await start_relay(retention_max_age=("1:3600",), purge_interval=0)
+    now = int(time.time())
+    old = [parse_event(keys.sign(content=f"old {n}", created_at=now - 7200 - n)) for n in range(7)]
+    # Stored as if before the rule existed: the relay refuses them when published now.
+    assert await relay.store.save_many(old, now) == [SaveOutcome.STORED] * len(old)
+    before = await scrape(relay.port)
+    for reason in ("age", "budget", "expired"):
+        assert metric(before, "relay_events_pruned_total", reason=reason) == 0
+    client = await Client.connect(url_of(relay))
+    try:
+        fresh = keys.sign(content="fresh")
+        assert (await client.publish(fresh))[2] is True
+        samples = await scrape_until(relay, "relay_events_pruned_total", reason="age")
+        assert [e["id"] for e in await client.req("all", {"authors": [keys.pubkey]})] == [
+            fresh["id"]
+        ]
+    finally:
+        await client.close()
+    assert metric(samples, "relay_events_pruned_total", reason="age") == len(old)
+    assert metric(samples, "relay_events_pruned_total", reason="budget") == 0
+    assert metric(samples, "relay_events_pruned_total", reason="expired") == 0
 
 
 async def test_a_refused_auth_is_counted(start_relay: RelayFactory, keys: Keys) -> None:

@@ -12,7 +12,15 @@ from coincurve import PrivateKey
 from relay.admin import auth_header
 from relay.core.errors import Blocked, Restricted
 from relay.core.event import parse_event
-from relay.core.moderation import Change, ModerationState, RpcError, check_http_auth, plan
+from relay.core.moderation import (
+    Change,
+    ModerationState,
+    RpcError,
+    check_http_auth,
+    decode_change,
+    encode_change,
+    plan,
+)
 from tests.nostr import Keys
 
 URL = "https://relay.example.com/"
@@ -135,3 +143,55 @@ def test_ip_addresses_are_normalised() -> None:
 def test_bad_calls_raise_rpc_errors(method: object, params: object) -> None:
     with pytest.raises(RpcError):
         plan(ModerationState(), method, params)
+
+
+def test_changes_to_turn_one_state_into_another() -> None:
+    mine, theirs = ModerationState(), ModerationState()
+    for change in (
+        Change("banned_pubkeys", "a" * 64, "spam"),
+        Change("banned_pubkeys", "b" * 64, "old reason"),
+        Change("allowed_kinds", "1"),
+        Change("info", "name", "Mine"),
+    ):
+        mine.apply(change)
+    for change in (
+        Change("banned_pubkeys", "b" * 64, "new reason"),
+        Change("allowed_kinds", "7"),
+        Change("blocked_ips", "10.0.0.1", "abuse"),
+    ):
+        theirs.apply(change)
+    changes = mine.changes_to(theirs)
+    for change in changes:
+        mine.apply(change)
+    assert mine == theirs
+    assert mine.changes_to(theirs) == []
+    # Only what differs: the unchanged entries are not touched again.
+    assert len(changes) == 6
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        Change("banned_pubkeys", "a" * 64, "spam \u00e9\u2603"),
+        Change("allowed_kinds", "30023", "", added=False),
+        Change("info", "description", "a calm place"),
+    ],
+)
+def test_a_change_travels_as_json(change: Change) -> None:
+    assert decode_change(encode_change(change)) == change
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        "[1, 2]",
+        '["nosuchlist", "k", "", true]',
+        '["allowed_kinds", "x", "", true]',
+        '["banned_pubkeys", "k", "", "yes"]',
+        '["banned_pubkeys", 5, "", true]',
+    ],
+)
+def test_anything_else_is_not_a_change(text: str) -> None:
+    assert decode_change(text) is None

@@ -232,6 +232,9 @@ async def test_state_persists_across_a_restart(
         (b'{"method": "allowkind", "params": ["one"]}', "invalid params"),
         (b'{"method": "blockip", "params": ["300.1.1.1"]}', "invalid params"),
         (b'{"method": 5}', "method must be a string"),
+        # Text no store can keep: PostgreSQL's holds no U+0000, neither a lone surrogate.
+        (b'{"method": "banpubkey", "params": ["' + b"a" * 64 + b'", "x\\u0000"]}', "invalid"),
+        (b'{"method": "changerelayname", "params": ["\\ud800"]}', "invalid params"),
     ],
 )
 async def test_bad_requests_get_json_rpc_errors(

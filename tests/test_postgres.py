@@ -20,7 +20,13 @@ from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
 from relay.store import pg_batch
 from relay.store.base import QueryTimeout, SaveOutcome
-from relay.store.postgres import SCHEMA_VERSION, PostgresStore, describe
+from relay.store.postgres import (
+    SAVE_BATCH,
+    SCHEMA_VERSION,
+    PostgresStore,
+    describe,
+    load_migration,
+)
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayProcess, free_port
 from tests.nostr import Client, Keys
@@ -53,11 +59,39 @@ async def test_first_start_creates_the_schema_and_records_its_version(url: str) 
     await asyncio.gather(*(s.open() for s in stores))
     for s in stores:
         await s.close()
-    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == [SCHEMA_VERSION]
+    every_version = list(range(1, SCHEMA_VERSION + 1))
+    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == every_version
     again = PostgresStore(url, readers=1)
     await again.open()
     await again.close()
-    assert await fetch(url, "SELECT count(*) FROM schema_version") == 1
+    assert await fetch(url, "SELECT count(*) FROM schema_version") == SCHEMA_VERSION
+
+
+async def test_a_version_1_database_is_migrated_keeping_its_events(url: str) -> None:
+    """A database a relay of schema version 1 made gets version 2 (the moderation table)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        await conn.execute(load_migration(1))
+        await conn.execute("INSERT INTO schema_version VALUES (1)")
+    finally:
+        await conn.close()
+    old = PostgresStore(url, readers=1)
+    # Saving through the v1 schema's own function, before the migration runs.
+    kept = note(Keys(), "from version 1")
+    args = pg_batch.batch_args([kept], with_search=True).as_tuple()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.fetchval(SAVE_BATCH, *args)
+    finally:
+        await conn.close()
+    await old.open()
+    try:
+        assert await old.query([Filter()], NOW) == [kept.raw]
+    finally:
+        await old.close()
+    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == [1, 2]
+    assert await fetch(url, "SELECT count(*) FROM moderation") == 0
 
 
 async def test_a_newer_schema_is_refused(url: str) -> None:

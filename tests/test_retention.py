@@ -17,7 +17,7 @@ from relay.config import ConfigError, Settings, from_mapping, validate
 from relay.core.event import Event, parse_event
 from relay.core.filters import parse_filter
 from relay.core.retention import Retention, parse_max_ages
-from relay.store.base import SaveOutcome
+from relay.store.base import Purged, SaveOutcome
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import Writer
 from tests.conftest import RelayFactory, url_of
@@ -87,9 +87,9 @@ async def test_old_events_of_a_ruled_kind_go_one_batch_at_a_time(
     other = event(kind=7, age=5 * HOUR)
     profile = event(kind=0, age=5 * HOUR)
     await store.save_many([*old, young, other, profile], NOW)
-    assert await store.purge_expired(NOW) == 2
-    assert await store.purge_expired(NOW) == 1
-    assert await store.purge_expired(NOW) == 0
+    assert await store.purge_expired(NOW) == Purged(aged=2)
+    assert await store.purge_expired(NOW) == Purged(aged=1)
+    assert await store.purge_expired(NOW) == Purged()
     assert await stored(store) == {young.id, other.id, profile.id}
 
 
@@ -105,7 +105,7 @@ async def test_default_age_spares_kept_kinds_and_kinds_with_their_own_rule(
         event(kind=10002, age=9 * HOUR),
     ]
     await store.save_many([note, reaction, *kept], NOW)
-    assert await store.purge_expired(NOW) == 1
+    assert await store.purge_expired(NOW) == Purged(aged=1)
     assert await stored(store) == {note.id, *(e.id for e in kept)}
 
 
@@ -130,8 +130,10 @@ async def test_over_the_budget_the_oldest_prunable_events_go_first(
     path = tmp_path / "r.sqlite"
     budget = used_bytes(path) // 2
     store = await open_store(Retention(budget_bytes=budget, batch=50))
-    rounds = 0
-    while await store.purge_expired(NOW):
+    rounds = over_budget = 0
+    while (purged := await store.purge_expired(NOW)).pruned:
+        assert purged.aged == 0  # no age rule: every one went for the budget
+        over_budget += purged.over_budget
         rounds += 1
         assert rounds < 50, "pruning does not end"
     assert used_bytes(path) <= budget
@@ -139,6 +141,7 @@ async def test_over_the_budget_the_oldest_prunable_events_go_first(
     assert profile.id in left
     kept_notes = [e for e in events if e.id in left]
     assert 0 < len(kept_notes) < len(events)
+    assert over_budget == len(events) - len(kept_notes)
     # What is left is the newest: no kept note is older than a pruned one.
     pruned = [e for e in events if e.id not in left]
     assert max(e.created_at for e in pruned) <= min(e.created_at for e in kept_notes)
@@ -153,7 +156,7 @@ async def test_pruning_keeps_the_search_index_and_tombstones(
     old_note = event(content="findme too", age=4 * HOUR)
     await store.save_many([target, old_note], NOW)
     await store.save_many([deletion], NOW)
-    assert await store.purge_expired(NOW) == 2  # the deletion request and the old note
+    assert await store.purge_expired(NOW) == Purged(aged=2)  # the deletion request and the old note
     db = sqlite3.connect(tmp_path / "r.sqlite")
     try:
         rows = db.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -172,7 +175,7 @@ async def test_the_write_process_prunes_with_the_same_rules(
     store = await open_store(Retention(kind_ages=((1, HOUR),)), write_process=True)
     old, young = event(age=2 * HOUR), event(age=5)
     await store.save_many([old, young], NOW)
-    assert await store.purge_expired(NOW) == 1
+    assert await store.purge_expired(NOW) == Purged(aged=1)
     assert await stored(store) == {young.id}
 
 

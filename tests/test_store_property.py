@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from relay.core.event import Event, parse_event
 from relay.core.filters import Filter, parse_filter
-from relay.store.base import EventStore, SaveOutcome
+from relay.store.base import EventStore, Purged, SaveOutcome
 from relay.store.memory import MemoryStore
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
@@ -448,8 +448,8 @@ async def test_expired_events_are_hidden_then_purged(store: EventStore) -> None:
     assert await save(store, past, boundary, future, malformed) == [SaveOutcome.STORED] * 4
     assert set(await ids_of(store)) == {future.id, malformed.id}
     assert await store.count([Filter()], NOW) == 2
-    assert await store.purge_expired(NOW) == 2
-    assert await store.purge_expired(NOW) == 0
+    assert await store.purge_expired(NOW) == Purged(expired=2)
+    assert await store.purge_expired(NOW) == Purged()
     assert set(await ids_of(store)) == {future.id, malformed.id}
     assert await store.query([Filter()], NOW + 1) == [malformed.raw]
 

@@ -71,7 +71,10 @@ class ModerationState:
 
     def apply(self, change: Change) -> None:
         if change.table == "info":
-            self.info[change.key] = change.reason
+            if change.added:
+                self.info[change.key] = change.reason
+            else:
+                self.info.pop(change.key, None)
             return
         target: dict[Any, str] = getattr(self, change.table)
         key: Any = int(change.key) if change.table == "allowed_kinds" else change.key
@@ -80,8 +83,44 @@ class ModerationState:
         else:
             target.pop(key, None)
 
+    def changes_to(self, other: ModerationState) -> list[Change]:
+        """The changes that turn this state into `other`: what a reload from the shared
+        database brings that this instance has not heard of."""
+        changes: list[Change] = []
+        for table in (*TABLES, "info"):
+            mine: dict[Any, str] = getattr(self, table)
+            theirs: dict[Any, str] = getattr(other, table)
+            changes.extend(Change(table, str(key), added=False) for key in mine.keys() - theirs)
+            changes.extend(
+                Change(table, str(key), reason)
+                for key, reason in theirs.items()
+                if key not in mine or mine[key] != reason
+            )
+        return changes
+
 
 TABLES = ("banned_pubkeys", "allowed_pubkeys", "banned_events", "allowed_kinds", "blocked_ips")
+
+
+def encode_change(change: Change) -> str:
+    """A change as JSON, for the other instances on a shared database (what they need to
+    apply it: the events a ban deleted are already gone for them too)."""
+    return json.dumps([change.table, change.key, change.reason, change.added], ensure_ascii=False)
+
+
+def decode_change(text: str) -> Change | None:
+    """The change encode_change wrote, or None for anything else."""
+    try:
+        table, key, reason, added = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if table not in (*TABLES, "info") or not isinstance(key, str):
+        return None
+    if not isinstance(reason, str) or not isinstance(added, bool):
+        return None
+    if table == "allowed_kinds" and not key.isdigit():
+        return None
+    return Change(table, key, reason, added)
 
 
 def normalize_ip(text: str) -> str:
@@ -106,7 +145,15 @@ def _hex64(value: Any) -> bool:
 
 
 def _text(value: Any) -> bool:
-    return isinstance(value, str) and len(value) <= MAX_TEXT
+    """A string either store can keep: PostgreSQL text holds no U+0000, and neither
+    store takes a lone surrogate (JSON's "\\ud800" parses to one)."""
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> bool:

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from relay.net.stats import StoreFigures
-from relay.store.base import SaveOutcome
+from relay.store.base import Purged, SaveOutcome
 
 # generate_latest writes the classic text format, which every Prometheus reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,6 +46,8 @@ REASONS = (
     "unsupported",
 )
 OTHER_REASON = "other"
+# relay_events_pruned_total's reasons, each present from the start (at 0).
+PRUNE_REASONS = ("age", "budget", "expired")
 # Seconds: from half a millisecond (a warm query by id) to a commit stalled by the disk.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
@@ -108,6 +110,9 @@ class Metrics:
     def query_done(self, seconds: float, limit_hit: bool) -> None:
         pass
 
+    def purged(self, purged: Purged) -> None:
+        """The writer's periodic pass deleted these events."""
+
     def delivered(self, deliveries: int) -> None:
         """A live event went to `deliveries` matching subscriptions."""
 
@@ -146,6 +151,7 @@ class PrometheusMetrics(Metrics, Collector):
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.commit_latency = Histogram(LATENCY_BUCKETS)
         self.deliveries = 0
+        self.pruned = dict.fromkeys(PRUNE_REASONS, 0)
         self.outbox_drops = 0
         self.auth = {"accepted": 0, "refused": 0}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -177,6 +183,11 @@ class PrometheusMetrics(Metrics, Collector):
 
     def query_done(self, seconds: float, limit_hit: bool) -> None:
         (self.query_full if limit_hit else self.query_partial).observe(seconds)
+
+    def purged(self, purged: Purged) -> None:
+        self.pruned["expired"] += purged.expired
+        self.pruned["age"] += purged.aged
+        self.pruned["budget"] += purged.over_budget
 
     def delivered(self, deliveries: int) -> None:
         self.deliveries += deliveries
@@ -226,6 +237,7 @@ class PrometheusMetrics(Metrics, Collector):
         commit = HistogramMetricFamily("relay_commit_seconds", COMMIT_HELP)
         commit.add_metric([], self.commit_latency.buckets(), self.commit_latency.total)
         yield from (batch, commit)
+        yield _labelled_counter("relay_events_pruned", PRUNED_HELP, "reason", self.pruned)
         figures = self.store_figures.latest
         if figures is not None:
             yield GaugeMetricFamily("relay_database_events", DB_EVENTS_HELP, figures.events)
@@ -248,6 +260,10 @@ COMMIT_HELP = "Time one commit took, from handing over the batch to its outcomes
 DB_EVENTS_HELP = "Events in the database (read at most every few seconds)."
 DB_BYTES_HELP = "Bytes of the database's files on disk, its WAL included."
 RESTARTS_HELP = "Child processes started again after one died."
+PRUNED_HELP = (
+    "Events the writer's periodic pass deleted: past their kind's retention_max_age (age),"
+    " the oldest while over storage_budget_bytes (budget), expired by NIP-40 (expired)."
+)
 
 
 def _bound_label(bound: float) -> str:

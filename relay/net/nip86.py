@@ -3,7 +3,9 @@
 
 websockets reads no request body (a handshake has none) and refuses a request with one.
 `BodyReadingConnection` swaps in a request parser that reads a POST body of up to
-MAX_BODY bytes first, then hands the head without it to websockets' own parser.
+MAX_BODY bytes first, then hands the head without it to websockets' own parser. A larger
+POST body is read and dropped (up to MAX_DRAIN: a client still sending would otherwise
+see the connection reset instead of the answer) and the request answered 413.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ log = logging.getLogger("relay.nip86")
 
 CONTENT_TYPE = "application/nostr+json+rpc"
 MAX_BODY = 64 * 1024
+# A body over MAX_BODY is read up to this many bytes before the 413, so that a client
+# that sends it whole reads the answer; past it the connection may be reset.
+MAX_DRAIN = 1024 * 1024
+DRAIN_CHUNK = 64 * 1024
 MAX_HEAD_LINES = 128
 MAX_LINE = 8192
 
@@ -46,6 +52,8 @@ class BodyReadingConnection(ServerConnection):
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         self.request_body = b""
+        # A POST whose body was over MAX_BODY: answered 413 (body_too_large_response).
+        self.body_too_large = False
         # No byte has arrived yet: the parser websockets started is still at its first line.
         protocol.parser = self._parse(protocol)
         next(protocol.parser)
@@ -54,8 +62,14 @@ class BodyReadingConnection(ServerConnection):
         head: list[bytes] = []
         try:
             length = yield from _read_head(protocol.reader, head)
-            if 0 < length <= MAX_BODY and head[0].startswith(b"POST "):
+            post = head[0].startswith(b"POST ")
+            if post and 0 < length <= MAX_BODY:
                 self.request_body = bytes((yield from protocol.reader.read_exact(length)))
+            elif post and length > MAX_BODY:
+                self.body_too_large = True
+                if not _expects_continue(head):
+                    # A client that waits for "100 Continue" sends nothing before the 413.
+                    yield from _discard(protocol.reader, min(length, MAX_DRAIN))
             elif length:
                 head.insert(1, b"Content-Length: %d\r\n" % length)
         except Exception:
@@ -82,6 +96,35 @@ def _read_head(reader: StreamReader, head: list[bytes]) -> Generator[None, None,
         if line in (b"\r\n", b"\n"):
             break
     return length
+
+
+def _expects_continue(head: list[bytes]) -> bool:
+    for line in head[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"expect" and value.strip().lower() == b"100-continue":
+            return True
+    return False
+
+
+def _discard(reader: StreamReader, count: int) -> Generator[None]:
+    while count > 0:
+        chunk = min(count, DRAIN_CHUNK)
+        yield from reader.read_exact(chunk)
+        count -= chunk
+
+
+def body_too_large(connection: ServerConnection) -> bool:
+    return bool(getattr(connection, "body_too_large", False))
+
+
+def body_too_large_response() -> Response:
+    response = _json_response(
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        {"result": None, "error": f"request body over {MAX_BODY} bytes"},
+    )
+    # The rest of a body larger than MAX_DRAIN is not read: the connection ends here.
+    response.headers["Connection"] = "close"
+    return response
 
 
 def is_rpc(request: Request) -> bool:

@@ -31,14 +31,21 @@ from relay.net.connection import ClientConnection
 from relay.net.http import HttpResponder, serve_metrics
 from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
-from relay.net.nip86 import BodyReadingConnection, Nip86, blocked_ip_response, is_rpc
+from relay.net.nip86 import (
+    BodyReadingConnection,
+    Nip86,
+    blocked_ip_response,
+    body_too_large,
+    body_too_large_response,
+    is_rpc,
+)
 from relay.net.outbox import Flusher, OutboxMeter
 from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.trim import MemoryTrimmer, map_large_blocks
 from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore, SaveOutcome, SharedStore, StatsSource
-from relay.store.moderation import ModerationStore, default_moderation_store
+from relay.store.moderation import ModerationStore, SharedModeration, default_moderation_store
 from relay.store.writer import StoreFailure, Writer, WriterClosed
 
 log = logging.getLogger("relay")
@@ -78,6 +85,7 @@ class RelayServer:
             purge_interval=settings.purge_interval,
             prune_batch=self.retention.batch if self.retention.enabled else 0,
             on_commit=self._committed,
+            on_purge=self.metrics.purged,
         )
         self.verifier = SignatureVerifier(process=settings.verify_process)
         self.subscriptions: SubscriptionIndex[ClientConnection] = SubscriptionIndex(
@@ -149,6 +157,9 @@ class RelayServer:
         settings = self.settings
         try:
             self.moderation = await self.moderation_store.load()
+            if isinstance(self.moderation_store, SharedModeration):
+                # Bans, blocks and renames made through the other instances apply here too.
+                await self.moderation_store.follow(self._apply_moderation, self._reload_moderation)
             self._http = HttpResponder(
                 self._info_document(),
                 self.healthy,
@@ -175,6 +186,7 @@ class RelayServer:
             )
         except BaseException:
             await self._close_metrics_server()
+            await self._close_moderation()
             # The store's threads would otherwise keep the process alive.
             await self.writer.close()
             await self.verifier.close()
@@ -224,10 +236,15 @@ class RelayServer:
         # the answers before the close frame; a frame read after it could not be answered.
         await shutdown.stop(self._server, list(self.connections))
         await self._close_metrics_server()
+        await self._close_moderation()
         await self.verifier.close()
         await self.store.close()
         self.trimmer.cancel()
         log.info("stopped")
+
+    async def _close_moderation(self) -> None:
+        if isinstance(self.moderation_store, SharedModeration):
+            await self.moderation_store.close()
 
     async def _close_metrics_server(self) -> None:
         if self._metrics_server is not None:
@@ -455,6 +472,8 @@ class RelayServer:
         def process_request(ws: ServerConnection, request: Request) -> Any:
             headers, trusted = request.headers, self.settings.trusted_proxy_header
             ip = client_ip(headers, ws.remote_address, trusted)
+            if body_too_large(ws):
+                return body_too_large_response()
             # The management API stays open to a blocked address: an admin must not lock
             # themself out. It admits by NIP-98 signature, not by address.
             if is_rpc(request):
@@ -484,6 +503,15 @@ class RelayServer:
         """The URLs a NIP-98 `u` tag may name: the relay's, as ws(s):// and http(s)://."""
         url = self.settings.public_url(self.port)
         return [url, "http" + url.removeprefix("ws")]
+
+    def _apply_moderation(self, change: Change) -> None:
+        """A change another instance made (this one's own go through Nip86)."""
+        self.moderation.apply(change)
+        self._moderation_changed(change)
+
+    def _reload_moderation(self, state: ModerationState) -> None:
+        for change in self.moderation.changes_to(state):
+            self._apply_moderation(change)
 
     def _moderation_changed(self, change: Change) -> None:
         if change.table == "info" and self._http is not None:

@@ -22,6 +22,32 @@ class QueryTimeout(Exception):
     """A query (one slice of it, for query_pages) ran past the store's time limit."""
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one purge deleted, by reason: expired (NIP-40), past its kind's age
+    (retention_max_age), or the oldest prunable events while over storage_budget_bytes."""
+
+    expired: int = 0
+    aged: int = 0
+    over_budget: int = 0
+
+    @property
+    def pruned(self) -> int:
+        """Deleted by the retention rules (age or budget)."""
+        return self.aged + self.over_budget
+
+    @property
+    def total(self) -> int:
+        return self.expired + self.aged + self.over_budget
+
+    def __add__(self, other: Purged) -> Purged:
+        return Purged(
+            self.expired + other.expired,
+            self.aged + other.aged,
+            self.over_budget + other.over_budget,
+        )
+
+
 class TooManyItems(Exception):
     """More events match than the caller's cap (NIP-77: `blocked:`, the filter is too big)."""
 
@@ -102,7 +128,9 @@ class EventStore(Protocol):
         """
         ...
 
-    async def purge_expired(self, now: int) -> int: ...
+    async def purge_expired(self, now: int) -> Purged:
+        """Delete expired events, and one batch of what the retention rules prune."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -11,6 +11,7 @@ from relay.store import rules
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    Purged,
     SaveOutcome,
     TooManyItems,
     check_page_bounds,
@@ -150,8 +151,8 @@ class MemoryStore:
             raise TooManyItems(max_items)
         return sorted((e.created_at, bytes.fromhex(e.id)) for e in found.values())
 
-    async def purge_expired(self, now: int) -> int:
+    async def purge_expired(self, now: int) -> Purged:
         expired = [e.id for e in self.events.values() if not is_live(e, now)]
         for event_id in expired:
             self._remove(event_id)
-        return len(expired)
+        return Purged(expired=len(expired))

@@ -1,4 +1,5 @@
-"""Where the NIP-86 moderation state persists: the `moderation` table of the SQLite file.
+"""Where the NIP-86 moderation state persists: the `moderation` table of the SQLite file
+(here), or of the PostgreSQL database (store/pg_moderation.py).
 
 Moderation changes are rare, so each runs on a short-lived sqlite3 connection of its own
 on a worker thread; SQLite's busy timeout lets it wait for the writer's turn. A ban
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from relay.core.moderation import Change, ModerationState
 from relay.store.base import EventStore
@@ -26,8 +28,29 @@ class ModerationStore(Protocol):
         ...
 
 
+@runtime_checkable
+class SharedModeration(Protocol):
+    """A moderation store other relay instances change too (PostgreSQL)."""
+
+    async def follow(
+        self, apply: Callable[[Change], None], reload: Callable[[ModerationState], None]
+    ) -> None:
+        """Until close(), hand each change another instance makes to `apply`, and the whole
+        state to `reload` whenever changes may have been missed; returns once in place."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ModeratedStore(Protocol):
+    """An event store that keeps the moderation state itself, beside the events."""
+
+    def moderation_store(self) -> ModerationStore: ...
+
+
 class MemoryModeration:
-    """No persistence: the state lives as long as the process (memory and PostgreSQL)."""
+    """No persistence: the state lives as long as the process (the memory store)."""
 
     async def load(self) -> ModerationState:
         return ModerationState()
@@ -96,7 +119,10 @@ def _write(db: sqlite3.Connection, change: Change) -> int:
 
 
 def default_moderation_store(store: EventStore) -> ModerationStore:
-    """The SQLite file's own table; elsewhere (memory, PostgreSQL) the process's memory."""
+    """The SQLite file's own table, the PostgreSQL database's; elsewhere (the memory
+    store) the process's memory."""
     if isinstance(store, SqliteStore):
         return SqliteModeration(store.path)
+    if isinstance(store, ModeratedStore):
+        return store.moderation_store()
     return MemoryModeration()

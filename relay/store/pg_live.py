@@ -54,12 +54,12 @@ Deliver = Callable[[Event], None]
 FetchRaw = Callable[[str], Awaitable[bytes | None]]
 
 
-def channel_name(schema: str) -> str:
-    """The NOTIFY channel of the relays on `schema`."""
-    name = f"pyrelay_{schema}"
+def channel_name(schema: str, prefix: str = "pyrelay_") -> str:
+    """The NOTIFY channel of the relays on `schema` (events; moderation has its own prefix)."""
+    name = f"{prefix}{schema}"
     if len(name.encode()) <= MAX_CHANNEL_BYTES:
         return name
-    return "pyrelay_" + hashlib.sha256(schema.encode()).hexdigest()[:40]
+    return prefix + hashlib.sha256(schema.encode()).hexdigest()[:40]
 
 
 def payload(instance: str, event: Event) -> str:

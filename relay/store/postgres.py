@@ -30,7 +30,9 @@ wrap's author racing a request to vanish by its recipient); PostgreSQL then abor
 transaction, and that batch is retried whole, its rollback having left nothing behind.
 
 Expired events are purged in chunks that skip rows a concurrent batch holds (FOR UPDATE
-SKIP LOCKED), so a purge never waits on a writer.
+SKIP LOCKED), so a purge never waits on a writer; retention prunes the same way, one batch
+per turn, one instance at a time (store/pg_retention.py). The NIP-86 moderation state is
+a table of the database too, followed by every instance (store/pg_moderation.py).
 
 NIP-50 search uses PostgreSQL's full-text search: each event's words (cut in Python by
 core/search.py, see store/pg_batch.py) are stored as a tsvector with a GIN index, a
@@ -59,23 +61,27 @@ from asyncpg.pool import PoolConnectionProxy
 from relay.core.canonical import loads
 from relay.core.event import Event
 from relay.core.filters import Filter
-from relay.store import pg_batch, pg_live, pg_sql
+from relay.core.retention import Retention
+from relay.store import pg_batch, pg_live, pg_retention, pg_sql
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    Purged,
     QueryTimeout,
     SaveOutcome,
     TooManyItems,
     check_page_bounds,
     split_pages,
 )
+from relay.store.pg_moderation import PostgresModeration
 
 log = logging.getLogger("relay.postgres")
 T = TypeVar("T")
 # Every connection of the store comes from one of its two pools.
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
-SCHEMA_VERSION = 1
+# 2: the NIP-86 moderation table (postgres_v2.sql).
+SCHEMA_VERSION = 2
 # Advisory lock key for migrations (b"pyrelay!"); pubkey keys collide with it only by
 # chance, which would merely make a start wait for a batch.
 MIGRATION_LOCK = int.from_bytes(b"pyrelay!", "big", signed=True)
@@ -129,8 +135,10 @@ class PostgresStore:
         query_timeout: float | None = None,
         search: bool = True,
         durable: bool = True,
+        retention: Retention | None = None,
     ) -> None:
         self.dsn = dsn
+        self.retention = retention or Retention()
         # False only for tests: a commit returns before its WAL reaches the disk.
         self.durable = durable
         self.reader_count = readers
@@ -230,8 +238,9 @@ class PostgresStore:
             codes = await self._write(lambda conn: _save_batch(conn, args, self.channel, notices))
         return pg_batch.outcomes_of(codes)
 
-    async def purge_expired(self, now: int) -> int:
-        purged = 0
+    async def purge_expired(self, now: int) -> Purged:
+        """Every expired event, then one retention batch (store/pg_retention.py)."""
+        expired = 0
         while True:
             # A chunk per transaction: batches get the writer between chunks.
             async with self._write_lock:
@@ -240,9 +249,22 @@ class PostgresStore:
                         "SELECT relay_purge_expired($1, $2)", now, PURGE_CHUNK
                     )
                 )
-            purged += chunk
+            expired += chunk
             if chunk < PURGE_CHUNK:
-                return purged
+                break
+        retention = self.retention
+        if not retention.enabled:
+            return Purged(expired=expired)
+        # Counting the events for the budget is slow on a large table: on a reader, before
+        # the writer's turn, so that saves do not wait for it.
+        plan = await self._read(lambda conn: pg_retention.budget_plan(conn, retention.budget_bytes))
+        async with self._write_lock:
+            pruned = await self._write(lambda conn: pg_retention.prune(conn, now, retention, plan))
+        return Purged(expired=expired) + pruned
+
+    def moderation_store(self) -> PostgresModeration:
+        """The NIP-86 state in this database, shared with every instance on it."""
+        return PostgresModeration(self.dsn)
 
     async def query(
         self, filters: Sequence[Filter], now: int, *, owner: Hashable | None = None

@@ -29,6 +29,7 @@ from relay.store import sql, sqlite_reads, sqlite_writes
 from relay.store.base import (
     PAGE_BYTES,
     PAGE_EVENTS,
+    Purged,
     QueryTimeout,
     SaveOutcome,
     StoreStats,
@@ -88,7 +89,7 @@ class Writes(Protocol):
 
     async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]: ...
 
-    async def purge_expired(self, now: int) -> int: ...
+    async def purge_expired(self, now: int) -> Purged: ...
 
     async def close(self) -> None: ...
 
@@ -121,7 +122,7 @@ class ThreadWrites:
             self._open(), lambda db: sqlite_writes.save_batch(db, events)
         )
 
-    async def purge_expired(self, now: int) -> int:
+    async def purge_expired(self, now: int) -> Purged:
         retention = self.retention
         return await run_on_connection(
             self._open(), lambda db: sqlite_writes.purge(db, now, retention)
@@ -217,7 +218,7 @@ class SqliteStore:
     async def save_many(self, events: Sequence[Event], now: int) -> list[SaveOutcome]:
         return await self.writes.save_many(events, now)
 
-    async def purge_expired(self, now: int) -> int:
+    async def purge_expired(self, now: int) -> Purged:
         return await self.writes.purge_expired(now)
 
     async def query(

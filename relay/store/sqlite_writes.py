@@ -15,7 +15,7 @@ from relay.core import vanish
 from relay.core.event import HEX64, Event, event_from_raw, newer
 from relay.core.retention import Retention
 from relay.store import rules
-from relay.store.base import SaveOutcome
+from relay.store.base import Purged, SaveOutcome
 
 # 2: events_fts (NIP-50 search), filled from the events when its triggers are created.
 # 3: moderation (NIP-86), created by schema.sql on an older database as on a new one.
@@ -261,12 +261,12 @@ def purge_expired(db: sqlite3.Connection, now: int) -> int:
     return len(seqs)
 
 
-def purge(db: sqlite3.Connection, now: int, retention: Retention) -> int:
+def purge(db: sqlite3.Connection, now: int, retention: Retention) -> Purged:
     """The writer's periodic turn: expired events (NIP-40), then one retention batch."""
-    return purge_expired(db, now) + prune(db, now, retention)
+    return Purged(expired=purge_expired(db, now)) + prune(db, now, retention)
 
 
-def prune(db: sqlite3.Connection, now: int, retention: Retention) -> int:
+def prune(db: sqlite3.Connection, now: int, retention: Retention) -> Purged:
     """Delete at most one batch of events past their kind's age or over the budget.
 
     One short transaction, so the writer commits the events queued meanwhile before the
@@ -275,10 +275,11 @@ def prune(db: sqlite3.Connection, now: int, retention: Retention) -> int:
     and are kept, so a pruned deletion request still keeps its targets out.
     """
     if not retention.enabled:
-        return 0
+        return Purged()
     db.execute("BEGIN IMMEDIATE")
     try:
-        seqs = _aged_out(db, now, retention)
+        aged = _aged_out(db, now, retention)
+        seqs = set(aged)
         room = retention.batch - len(seqs)
         if room > 0 and retention.budget_bytes and _used_bytes(db) > retention.budget_bytes:
             seqs |= _oldest(db, retention, room + len(seqs))
@@ -289,7 +290,10 @@ def prune(db: sqlite3.Connection, now: int, retention: Retention) -> int:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return len(ordered)
+    # An event both past its age and among the oldest counts as aged: the age alone
+    # would have removed it.
+    aged_count = sum(seq in aged for seq in ordered)
+    return Purged(aged=aged_count, over_budget=len(ordered) - aged_count)
 
 
 def _aged_out(db: sqlite3.Connection, now: int, retention: Retention) -> set[int]:

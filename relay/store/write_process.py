@@ -7,7 +7,7 @@ layer. Messages after the length prefix:
     parent -> child   b"S" (length:uint32 raw)*    save these events in order, in one commit
                       b"P" now:int64               purge expired events, prune a batch
     child -> parent   b"O" outcome:uint8*          committed; SaveOutcome by index
-                      b"N" purged:int64            purge done
+                      b"N" (expired aged over_budget):int64*3  purge done
                       b"E" message                 failed; nothing was committed
 """
 
@@ -22,12 +22,13 @@ from relay.child import LENGTH, ChildProcess, ChildRequestError, Handler, serve
 from relay.core.event import Event, event_from_raw
 from relay.core.retention import Retention
 from relay.store import sqlite_writes
-from relay.store.base import SaveOutcome
+from relay.store.base import Purged, SaveOutcome
 from relay.store.checkpoint import Checkpointer
 
 OUTCOMES = list(SaveOutcome)
 OUTCOME_CODES = {outcome: code for code, outcome in enumerate(OUTCOMES)}
 NOW = struct.Struct(">q")
+PURGED = struct.Struct(">qqq")
 
 WriteProcessError = ChildRequestError
 
@@ -62,9 +63,9 @@ class WriteProcess:
             raise WriteProcessError(f"{len(codes)} outcomes for a batch of {len(events)}")
         return [OUTCOMES[code] for code in codes]
 
-    async def purge_expired(self, now: int) -> int:
+    async def purge_expired(self, now: int) -> Purged:
         purged = await self.child.call([b"P", NOW.pack(now)], expect=b"N")
-        return int(NOW.unpack(purged)[0])
+        return Purged(*PURGED.unpack(purged))
 
     async def close(self) -> None:
         await self.child.close()
@@ -107,7 +108,8 @@ def _apply(db: sqlite3.Connection, message: bytes, retention: Retention) -> byte
         return b"O" + bytes(OUTCOME_CODES[outcome] for outcome in outcomes)
     if message[:1] == b"P":
         (now,) = NOW.unpack_from(message, 1)
-        return b"N" + NOW.pack(sqlite_writes.purge(db, now, retention))
+        purged = sqlite_writes.purge(db, now, retention)
+        return b"N" + PURGED.pack(purged.expired, purged.aged, purged.over_budget)
     raise ValueError(f"unknown request {message[:1]!r}")
 
 

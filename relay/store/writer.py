@@ -12,13 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from relay.core.event import Event
-from relay.store.base import EventStore, SaveOutcome
+from relay.store.base import EventStore, Purged, SaveOutcome
 
 log = logging.getLogger("relay.writer")
 
 Pending = tuple[Event, "asyncio.Future[SaveOutcome]"]
 # Called after each commit with its outcomes and the seconds it took (metrics, figures).
 CommitHook = Callable[[Sequence[SaveOutcome], float], None]
+# Called after each purge that deleted anything (metrics).
+PurgeHook = Callable[[Purged], None]
 
 
 class WriterClosed(Exception):
@@ -40,6 +42,7 @@ class Writer:
         prune_batch: int = 0,
         clock: Callable[[], float] = time.time,
         on_commit: CommitHook | None = None,
+        on_purge: PurgeHook | None = None,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
@@ -52,6 +55,7 @@ class Writer:
         self.prune_batch = prune_batch
         self.clock = clock
         self.on_commit = on_commit
+        self.on_purge = on_purge
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -163,7 +167,15 @@ class Writer:
         except Exception as exc:
             log.error("could not purge expired events: %s", exc)
             return
-        if purged:
-            log.info("purged %d expired or pruned events", purged)
-        if self.prune_batch and purged >= self.prune_batch:
+        if purged.total:
+            log.info(
+                "purged %d expired events, pruned %d past their kind's age and %d over the"
+                " storage budget",
+                purged.expired,
+                purged.aged,
+                purged.over_budget,
+            )
+            if self.on_purge is not None:
+                self.on_purge(purged)
+        if self.prune_batch and purged.pruned >= self.prune_batch:
             self._next_purge = now
