@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 
 from bench.data import ingest_events
@@ -505,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.store == "postgres":
         ours.append(PgRelay)
         pg = PgServer(args.pg_url)
-        pg.check()
+        try:
+            pg.check()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log(f"--store postgres: cannot use {describe(args.pg_url)}: {exc}")
+            return 2
     wanted: list[type[RelayUnderTest]] = (
         ours if args.only_pyrelay else [*ours, NostrRelay, LocalRelay]
     )
