@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import shutil
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 
 from bench.data import ingest_events
@@ -27,9 +29,18 @@ from bench.load import (
     queries,
     run_elsewhere,
 )
+from bench.pg import PgServer
+from bench.pg_multi import (
+    DEFAULT_URL,
+    IngestFigures,
+    backend_pids,
+    measure_ingest,
+    measure_latency,
+)
 from bench.relays import (
     LocalRelay,
     NostrRelay,
+    PgRelay,
     PyRelay,
     RelayUnderTest,
     process_cpu_seconds,
@@ -37,6 +48,7 @@ from bench.relays import (
 )
 from bench.report import Table
 from bench.stores import Dataset, query_shapes
+from relay.store.postgres import describe
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,11 @@ class Sizes:
     fanout_rounds: int
     stream_seconds: float
     idle_connections: int
+    # --store postgres: instance counts on one database, seconds of ingest through each,
+    # live events timed from one instance to another.
+    pg_instances: tuple[int, ...]
+    pg_instance_seconds: float
+    pg_latency_rounds: int
 
 
 FULL = Sizes(
@@ -68,6 +85,9 @@ FULL = Sizes(
     fanout_rounds=100,
     stream_seconds=5.0,
     idle_connections=5000,
+    pg_instances=(1, 2, 4),
+    pg_instance_seconds=10.0,
+    pg_latency_rounds=300,
 )
 QUICK = Sizes(
     runs=1,
@@ -82,11 +102,15 @@ QUICK = Sizes(
     fanout_rounds=10,
     stream_seconds=1.0,
     idle_connections=200,
+    pg_instances=(1, 2),
+    pg_instance_seconds=2.0,
+    pg_latency_rounds=10,
 )
 
 
 T = TypeVar("T")
-SECTIONS = ("fresh", "stored", "fanout", "memory")
+SECTIONS = ("fresh", "stored", "fanout", "memory", "instances")
+Database = Path | str  # an SQLite file, or a PostgreSQL database's URL
 
 
 def log(message: str) -> None:
@@ -106,9 +130,16 @@ def percentile(values: list[float], q: float) -> float:
 
 class Bench:
     def __init__(
-        self, sizes: Sizes, relays: list[type[RelayUnderTest]], workdir: Path, sections: set[str]
+        self,
+        sizes: Sizes,
+        relays: list[type[RelayUnderTest]],
+        workdir: Path,
+        sections: set[str],
+        pg: PgServer | None = None,
     ) -> None:
         self.sizes = sizes
+        # The PostgreSQL server of PgRelay's databases and the instance rows (--store postgres).
+        self.pg = pg
         self.sections = sections
         self.relays = relays
         self.workdir = workdir
@@ -135,12 +166,14 @@ class Bench:
             self.fanout(fan_events)
         if "memory" in self.sections:
             self.idle_memory()
+        if self.pg is not None and "instances" in self.sections:
+            self.pg_instances()
         return self.table
 
     def _run_relay(
         self,
         relay_class: type[RelayUnderTest],
-        db: Path,
+        db: Database,
         work: Callable[[RelayUnderTest], T],
         env: dict[str, str] | None = None,
     ) -> T:
@@ -152,20 +185,66 @@ class Bench:
             relay.stop()
 
     def _ingest(self, relay: RelayUnderTest, events: list[bytes]) -> dict[str, float]:
+        backends = self._backends(relay)
         cpu_before = process_cpu_seconds(relay.pid)
+        pg_before = sum(process_cpu_seconds(pid) for pid in backends)
         s = self.sizes
         result = run_elsewhere(
             ingest, relay.port, events, s.connections, s.window, s.ingest_seconds
         )
         server_cpu = process_cpu_seconds(relay.pid) - cpu_before
+        pg_cpu = sum(process_cpu_seconds(pid) for pid in backends) - pg_before
         if result.refusals:
             log(f"  {relay.name} refused {result.refused}: {result.refusals[:2]}")
         answered = max(1, result.accepted + result.refused)
         return {
             "rate": result.rate,
             "server_cpu_us": server_cpu / answered * 1e6,
+            "postgres_cpu_us": pg_cpu / answered * 1e6 if backends else float("nan"),
             "generator_cpu": result.generator_cpu / result.seconds,
         }
+
+    def _backends(self, relay: RelayUnderTest) -> list[int]:
+        """The PostgreSQL backends serving a PgRelay (none for the others)."""
+        if self.pg is None or not isinstance(relay, PgRelay):
+            return []
+        return asyncio.run(backend_pids(self.pg.url, [relay.pid]))
+
+    def _put_postgres_cpu(self, label: str, name: str, runs: list[dict[str, float]]) -> None:
+        # Put for every relay (n/a but PgRelay's), so the row sits under the relay's CPU.
+        if self.pg is not None:
+            self.table.put(
+                f"  PostgreSQL backends CPU per event, {label} (us)",
+                name,
+                median([r["postgres_cpu_us"] for r in runs]),
+            )
+
+    def _fresh_db(self, relay_class: type[RelayUnderTest], label: str) -> Database:
+        if relay_class is PgRelay:
+            return self._pg().fresh()
+        return self.workdir / f"{label}.sqlite"
+
+    def _dataset_db(
+        self, relay_class: type[RelayUnderTest], dataset: Dataset, template: str, label: str
+    ) -> Database:
+        """A fresh copy of the dataset in the relay's own database (template: PgRelay's)."""
+        if relay_class is PgRelay:
+            return self._pg().copy_of(template)
+        db = self.workdir / f"{label}.sqlite"
+        if relay_class is NostrRelay:
+            return dataset.copy_nostr_relay_db(db)
+        return dataset.copy_pyrelay_db(db)
+
+    def _remove(self, db: Database) -> None:
+        if isinstance(db, Path):
+            _remove_db(db)
+        else:
+            self._pg().drop(db)
+
+    def _pg(self) -> PgServer:
+        if self.pg is None:
+            raise RuntimeError("PgRelay runs only with --store postgres")
+        return self.pg
 
     def ingest_fresh(self, relay_class: type[RelayUnderTest], events: list[bytes]) -> None:
         name = relay_class.name
@@ -179,6 +258,7 @@ class Bench:
             name,
             median([r["generator_cpu"] for r in runs]),
         )
+        self._put_postgres_cpu("fresh", name, runs)
         if relay_class is PyRelay:
             # NIP-50's FTS5 index is off by default: what switching it on costs.
             runs = self._ingest_runs(relay_class, events, {"RELAY_SEARCH_ENABLED": "true"})
@@ -193,10 +273,12 @@ class Bench:
     ) -> list[dict[str, float]]:
         runs = []
         for run in range(self.sizes.runs):
-            db = self.workdir / f"fresh-{relay_class.name}-{run}.sqlite"
+            db = self._fresh_db(relay_class, f"fresh-{relay_class.name}-{run}")
             work = functools.partial(self._ingest, events=events)
-            runs.append(self._run_relay(relay_class, db, work, env))
-            _remove_db(db)
+            try:
+                runs.append(self._run_relay(relay_class, db, work, env))
+            finally:
+                self._remove(db)
             settings = " ".join(f"{k}={v}" for k, v in env.items())
             log(
                 f"{relay_class.name} {settings} ingest fresh run {run + 1}:"
@@ -215,20 +297,19 @@ class Bench:
         size = f"{dataset.size:,}"
         if relay_class is LocalRelay:
             return  # in memory only: it cannot open the stored dataset
+        template = ""
         if relay_class is NostrRelay:
             log("preparing nostr-relay's copy of the dataset")
             dataset.build_nostr_relay_db(self.workdir)
+        if relay_class is PgRelay:
+            template = self._pg().dataset(dataset, log)
         runs: list[dict[str, float]] = []
         latencies: dict[str, list[float]] = {shape: [] for shape in shapes}
         p50s: dict[str, list[float]] = {shape: [] for shape in shapes}
         p99s: dict[str, list[float]] = {shape: [] for shape in shapes}
         found: dict[str, int] = {}
         for run in range(self.sizes.runs):
-            db = self.workdir / f"dataset-{name}-{run}.sqlite"
-            if relay_class is NostrRelay:
-                dataset.copy_nostr_relay_db(db)
-            else:
-                dataset.copy_pyrelay_db(db)
+            db = self._dataset_db(relay_class, dataset, template, f"dataset-{name}-{run}")
 
             def work(relay: RelayUnderTest) -> None:
                 result = run_elsewhere(queries, relay.port, shapes, 2)
@@ -241,8 +322,10 @@ class Bench:
                     found[shape] = result.events[shape] // max(1, len(values))
                 runs.append(self._ingest(relay, events))
 
-            self._run_relay(relay_class, db, work)
-            _remove_db(db)
+            try:
+                self._run_relay(relay_class, db, work)
+            finally:
+                self._remove(db)
             log(f"{name} at {size}: ingest run {run + 1}: {runs[-1]['rate']:,.0f} ev/s")
         self.table.put(
             f"ingest, DB holding {size} (events/s)", name, median([r["rate"] for r in runs])
@@ -250,6 +333,7 @@ class Bench:
         self.table.put(
             f"  server CPU per event, {size} (us)", name, median([r["server_cpu_us"] for r in runs])
         )
+        self._put_postgres_cpu(size, name, runs)
         for shape in shapes:
             self.table.put(f"query {shape}: p50 (ms)", name, median(p50s[shape]) * 1e3)
             self.table.put(f"query {shape}: p99 (ms)", name, median(p99s[shape]) * 1e3)
@@ -284,6 +368,47 @@ class Bench:
                     PyRelay.name,
                     median(rates),
                 )
+
+    def pg_instances(self) -> None:
+        """bench/pg_multi.py's measures: ingest through several relay instances on one
+        PostgreSQL database at once, and a live event's way from one instance to another."""
+        s, pg, name = self.sizes, self._pg(), PgRelay.name
+        # Twice the single relay's: 2 instances here take 13,000 events/s, so 100,000
+        # would run out before the 10 s do.
+        log(f"signing {2 * s.ingest_events:,} events for the instances on PostgreSQL")
+        events = ingest_events(2 * s.ingest_events, self.workers)
+        figures: dict[int, list[IngestFigures]] = {count: [] for count in s.pg_instances}
+        for run in range(s.runs):
+            for count in s.pg_instances:
+                found = asyncio.run(measure_ingest(pg.url, count, events, s.pg_instance_seconds))
+                figures[count].append(found)
+                log(f"{count} instance(s) on PostgreSQL, run {run + 1}: {found.rate:,.0f} ev/s")
+        for count, runs in figures.items():
+            instances = f"{count} instance{'s' if count > 1 else ''}"
+            self.table.put(
+                f"ingest through {instances} on one database (events/s)",
+                name,
+                median([f.rate for f in runs]),
+            )
+            self.table.put(
+                f"  relay CPU per event, {instances} (us)", name, median([f.relay_us for f in runs])
+            )
+            self.table.put(
+                f"  PostgreSQL backends CPU per event, {instances} (us)",
+                name,
+                median([f.postgres_us for f in runs]),
+            )
+        notes = ingest_events(s.pg_latency_rounds * 2, 1, namespace="pg-latency")
+        p50s: dict[str, list[float]] = {}
+        p99s: dict[str, list[float]] = {}
+        for _ in range(s.runs):
+            for path, found_in in asyncio.run(measure_latency(pg.url, notes)).items():
+                p50s.setdefault(path, []).append(percentile(found_in, 0.5))
+                p99s.setdefault(path, []).append(percentile(found_in, 0.99))
+        for path in p50s:
+            label = f"live event {path}, {s.pg_latency_rounds} one at a time"
+            self.table.put(f"{label}: p50 (ms)", name, median(p50s[path]) * 1e3)
+            self.table.put(f"{label}: p99 (ms)", name, median(p99s[path]) * 1e3)
 
     def idle_memory(self) -> None:
         s = self.sizes
@@ -350,11 +475,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", type=int, help="events in the stored dataset")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="postgres: also the relay on PostgreSQL, in a column beside SQLite's, and"
+        " ingest through several instances on one database",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=DEFAULT_URL,
+        help="the PostgreSQL server for --store postgres (a superuser: the bench creates"
+        " databases); default RELAY_TEST_POSTGRES or the tests' server",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         choices=SECTIONS,
         help="run only this part (repeatable): fresh = ingest on an empty DB, stored ="
-        " ingest and queries on the dataset, fanout, memory",
+        " ingest and queries on the dataset, fanout, memory, instances (--store postgres:"
+        " several relays on one database)",
     )
     return parser.parse_args(argv)
 
@@ -366,23 +505,42 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**vars(sizes), "runs": args.runs})
     if args.dataset:
         sizes = Sizes(**{**vars(sizes), "dataset": args.dataset})
-    wanted = [PyRelay] if args.only_pyrelay else [PyRelay, NostrRelay, LocalRelay]
+    ours: list[type[RelayUnderTest]] = [PyRelay]
+    pg = None
+    if args.store == "postgres":
+        ours.append(PgRelay)
+        pg = PgServer(args.pg_url)
+        try:
+            pg.check()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log(f"--store postgres: cannot use {describe(args.pg_url)}: {exc}")
+            return 2
+    wanted: list[type[RelayUnderTest]] = (
+        ours if args.only_pyrelay else [*ours, NostrRelay, LocalRelay]
+    )
     relays = [r for r in wanted if r.available()]
     missing = [r.name for r in wanted if not r.available()]
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pyrelay-bench-"))
     try:
-        table = Bench(sizes, relays, workdir, set(args.only or SECTIONS)).run()
+        table = Bench(sizes, relays, workdir, set(args.only or SECTIONS), pg).run()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.only_pyrelay:
         table.remark("baselines skipped (--only-pyrelay)")
     for name in missing:
         table.remark(f"{name}: not installed, baselines skipped for it (pip install '.[bench]')")
+    if pg is not None:
+        table.remark(
+            f"{PgRelay.name}: the same relay on the PostgreSQL server at {describe(pg.url)},"
+            f" a fresh database per run; pyrelay vs {PgRelay.name}: SQLite against it"
+        )
+    options = (" --quick" if args.quick else "") + (
+        " --store postgres" if args.store == "postgres" else ""
+    )
     table.remark(
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {sizes.runs} run(s), medians;"
-        f" `python -m bench{' --quick' if args.quick else ''}` took"
-        f" {time.monotonic() - started:.0f} s"
+        f" `python -m bench{options}` took {time.monotonic() - started:.0f} s"
     )
     print(table.markdown())
     if args.json:

@@ -79,10 +79,11 @@ class RelayUnderTest:
     def available() -> bool:
         return True
 
-    def command(self, db: Path) -> list[str]:
+    def command(self, db: Path | str) -> list[str]:
         raise NotImplementedError
 
-    def start(self, db: Path) -> None:
+    def start(self, db: Path | str) -> None:
+        """Start on `db`: a file, or for PgRelay a postgresql:// URL."""
         self.port = free_port()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -126,7 +127,7 @@ class PyRelay(RelayUnderTest):
 
     name = "pyrelay"
 
-    def command(self, db: Path) -> list[str]:
+    def command(self, db: Path | str) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -140,6 +141,12 @@ class PyRelay(RelayUnderTest):
             "--log-level",
             "WARNING",
         ]
+
+
+class PgRelay(PyRelay):
+    """The same relay on PostgreSQL: started with a postgresql:// URL as its database."""
+
+    name = "pyrelay (PostgreSQL)"
 
 
 NOSTR_RELAY_CONFIG = """\
@@ -180,7 +187,7 @@ class NostrRelay(RelayUnderTest):
     def available() -> bool:
         return importlib.util.find_spec("nostr_relay") is not None
 
-    def command(self, db: Path) -> list[str]:
+    def command(self, db: Path | str) -> list[str]:
         config = self.workdir / "nostr-relay.yaml"
         config.write_text(NOSTR_RELAY_CONFIG.format(db=db, port=self.port))
         launcher = "import sys; from nostr_relay.cli import main; sys.exit(main())"
@@ -197,7 +204,7 @@ class LocalRelay(RelayUnderTest):
     def available() -> bool:
         return importlib.util.find_spec("nostr_sdk") is not None
 
-    def command(self, db: Path) -> list[str]:
+    def command(self, db: Path | str) -> list[str]:
         return [sys.executable, "-m", "bench.local_relay", str(self.port)]
 
 

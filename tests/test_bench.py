@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.pg import SERVER, require_postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED_ROWS = [
@@ -35,26 +37,68 @@ EXPECTED_ROWS = [
 ]
 
 
-def test_quick_bench_prints_a_number_for_every_measure(tmp_path: Path) -> None:
+# --store postgres: the rows the relay on PostgreSQL fills in (its column), and those only
+# it has (several instances on one database, live events between them).
+POSTGRES_ROWS = [
+    "ingest, fresh DB (events/s)",
+    "PostgreSQL backends CPU per event, fresh (us)",
+    "ingest, DB holding 5,000 (events/s)",
+    "PostgreSQL backends CPU per event, 5,000 (us)",
+    "query by id: p50 (ms)",
+    "query 10 authors kind-1 latest 500: p50 (ms)",
+    "query #t + kind 1, 100: p99 (ms)",
+    "ingest through 1 instance on one database (events/s)",
+    "relay CPU per event, 2 instances (us)",
+    "PostgreSQL backends CPU per event, 2 instances (us)",
+    "live event A -> B (across instances), 10 one at a time: p50 (ms)",
+    "live event B -> B (same instance), 10 one at a time: p99 (ms)",
+]
+
+
+def run_quick_bench(tmp_path: Path, *options: str) -> dict[str, list[str]]:
+    """`python -m bench --quick --only-pyrelay [options]`: the table's cells by row name."""
     env = {**os.environ, "BENCH_CACHE": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only-pyrelay"],
+        [sys.executable, "-m", "bench", "--quick", "--only-pyrelay", *options],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=150,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "baselines skipped" in result.stdout
     rows = {}
     for line in result.stdout.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) >= 2:
-            rows[cells[0]] = cells[1]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_quick_bench_prints_a_number_for_every_measure(tmp_path: Path) -> None:
+    rows = run_quick_bench(tmp_path)
     for row in EXPECTED_ROWS:
-        assert row in rows, f"missing row {row!r} in:\n{result.stdout}"
-        assert re.match(r"[\d,.]+", rows[row]), f"{row}: {rows[row]!r}"
-    assert "baselines skipped" in result.stdout
+        assert row in rows, f"missing row {row!r} in:\n{rows}"
+        assert re.match(r"[\d,.]+", rows[row][0]), f"{row}: {rows[row]!r}"
+    assert rows["measure"][:2] == ["pyrelay", "target"]  # no PostgreSQL column by default
+    assert not any("instance" in row for row in rows)
+
+
+async def test_quick_bench_on_postgres_fills_a_column_beside_sqlite(tmp_path: Path) -> None:
+    await require_postgres()
+    rows = run_quick_bench(tmp_path, "--store", "postgres", "--pg-url", SERVER)
+    assert rows["measure"][:2] == ["pyrelay", "pyrelay (PostgreSQL)"]
+    for row in EXPECTED_ROWS:
+        assert re.match(r"[\d,.]+", rows[row][0]), f"{row}: {rows[row]!r}"
+    for row in POSTGRES_ROWS:
+        assert row in rows, f"missing row {row!r} in:\n{rows}"
+        assert re.match(r"[\d,.]+", rows[row][1]), f"{row}: {rows[row]!r}"
+    # The queries found the same events in both stores' copies of the dataset.
+    for row in ("query author latest 100: p50 (ms)", "query #e thread, 100: p50 (ms)"):
+        sqlite, postgres = (re.findall(r"\((\d+) ev\)", cell) for cell in rows[row][:2])
+        assert sqlite == postgres, rows[row]
+        assert sqlite not in ([], ["0"]), rows[row]
 
 
 def test_quick_matching_bench_prints_a_row_for_every_set() -> None:
