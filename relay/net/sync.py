@@ -13,12 +13,13 @@ StoreLocal), the mirror through RelayServer.ingest (relay/net/mirror.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -98,6 +99,16 @@ class SyncStats:
     sent_bytes: int = 0
     received_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Seconds per phase (reading the set, building its fingerprints, reconciling, ...).
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - began
 
     @property
     def complete(self) -> bool:
@@ -115,8 +126,12 @@ class SyncStats:
             f"down: {self.need:,} needed, {self.fetched:,} fetched ({_counts(self.stored)}), "
             f"{self.missing:,} not served; up: {self.have:,} needed ({_counts(self.uploaded)}); "
             f"{self.sent_bytes:,} bytes sent, {self.received_bytes:,} received "
-            f"in {seconds:.1f} s"
+            f"in {seconds:.1f} s ({_phases(self.phases)})"
         )
+
+
+def _phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -282,7 +297,7 @@ async def _neg_reply(peer: Peer, sub_id: str, seconds: float, first: bool) -> by
 async def reconcile(
     peer: Peer,
     filter_obj: dict[str, Any],
-    items: list[tuple[int, bytes]],
+    storage: Storage,
     frame_limit: int,
     answer_seconds: float = NEG_ANSWER_SECONDS,
 ) -> tuple[list[bytes], list[bytes]]:
@@ -290,7 +305,7 @@ async def reconcile(
 
     Raises NotSupported when the peer's first answer is not a NEG-MSG.
     """
-    client = NegentropyClient(Storage(items), frame_limit)
+    client = NegentropyClient(storage, frame_limit)
     sub_id = "sync-neg"
     have: list[bytes] = []
     need: list[bytes] = []
@@ -441,13 +456,17 @@ async def sync(
     progress = Progress(stats, err)
     limits = await peer_limits(url)
     local_filter = parse_filter(filter_obj)
-    items = await local.items(local_filter)
+    with stats.timed("set"):
+        items = await local.items(local_filter)
+    with stats.timed("fingerprints"):
+        storage = await asyncio.to_thread(Storage, items)
     peer = await Peer.connect(url, stats)
     try:
         try:
-            have, need = await reconcile(
-                peer, filter_obj, items, limits.frame_limit, answer_seconds
-            )
+            with stats.timed("reconcile"):
+                have, need = await reconcile(
+                    peer, filter_obj, storage, limits.frame_limit, answer_seconds
+                )
         except NotSupported as why:
             if err is not None:
                 print(f"sync: {url} does not reconcile ({why}); walking its events", file=err)
@@ -459,9 +478,11 @@ async def sync(
         stats.need = len(need) if direction != "up" else 0
         progress.show("reconciled", stats.compared, force=True)
         if direction != "up":
-            await _download(peer, local, need, limits.fetch_batch, progress)
+            with stats.timed("download"):
+                await _download(peer, local, need, limits.fetch_batch, progress)
         if direction != "down":
-            await _upload(peer, local, have, progress)
+            with stats.timed("upload"):
+                await _upload(peer, local, have, progress)
     finally:
         await peer.close()
     progress.show("done", stats.fetched + stats.have, force=True)
