@@ -149,7 +149,8 @@ async def test_sync_between_a_sqlite_relay_and_a_postgres_database(
 
     code, err = await run_sync(str(here.settings.db), url_of(peer))
     assert code == 0, err
-    assert "down: 0 needed" in err and "up: 0 needed" in err, err
+    assert "down: 0 needed" in err, err
+    assert "up: 0 needed" in err, err
 
 
 async def test_backup_is_refused_with_pg_dump_named() -> None:

@@ -29,6 +29,12 @@ ID_SIZE = 32
 FINGERPRINT_SIZE = 16
 # Splitting a mismatched range: this many buckets, or the ids themselves below twice that.
 BUCKETS = 16
+# The initiator's split of a range whose buckets the other side would answer with id lists
+# (fewer than BUCKETS * 2 items each): buckets of about this many items instead, and the
+# ids themselves only for this many or fewer. An id list sent costs 32 bytes an id, and
+# the answer another 32 an id; a fingerprint costs about 20 bytes, and only mismatched
+# buckets are answered, with their few ids (bench/negentropy.py measures the bytes).
+INITIATOR_LEAF = 4
 MAX_U64 = 2**64 - 1
 # The "infinity" timestamp that closes the last range; items may not use it.
 INFINITY = MAX_U64
@@ -393,20 +399,27 @@ class _Reconciler:
                 break
         return state
 
+    def _buckets(self, count: int) -> int:
+        """Fingerprinted buckets for a mismatched range of `count` items; 0: send its ids.
+
+        The reference's rule, which the relay keeps as the answering side."""
+        return BUCKETS if count >= BUCKETS * 2 else 0
+
     def _split(self, writer: _Writer, lower: int, upper: int, upper_bound: Bound) -> bytearray:
-        """A mismatched range in 16 fingerprinted buckets, or its ids when it is small."""
+        """A mismatched range in fingerprinted buckets, or its ids when it is small."""
         out = bytearray()
         storage = self.storage
         count = upper - lower
-        if count < BUCKETS * 2:
+        buckets = self._buckets(count)
+        if not buckets:
             writer.bound(upper_bound, out)
             out += _ID_LIST
             out += encode_varint(count)
             out += storage.ids_blob[lower * ID_SIZE : upper * ID_SIZE]
             return out
-        per_bucket, extra = divmod(count, BUCKETS)
+        per_bucket, extra = divmod(count, buckets)
         start = lower
-        for bucket in range(BUCKETS):
+        for bucket in range(buckets):
             end = start + per_bucket + (1 if bucket < extra else 0)
             if end == upper:
                 bound = upper_bound
@@ -520,6 +533,14 @@ class NegentropyServer(_Reconciler):
 
 class NegentropyClient(_Reconciler):
     """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done."""
+
+    def _buckets(self, count: int) -> int:
+        """Finer buckets where the other side would answer with id lists (INITIATOR_LEAF)."""
+        if count >= BUCKETS * BUCKETS * 2:
+            return BUCKETS
+        if count <= INITIATOR_LEAF:
+            return 0
+        return -(-count // INITIATOR_LEAF)
 
     def initiate(self) -> bytes:
         writer = _Writer()

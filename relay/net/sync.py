@@ -32,14 +32,18 @@ from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyClient, Negent
 from relay.store.base import EventStore
 
 DIRECTIONS = ("down", "up", "both")
-# Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values).
-FETCH_BATCH = 500
+# Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values,
+# and a refused batch is split in two and asked again).
+FETCH_BATCH = 1000
 # Events per REQ page while walking a peer without NIP-77.
 WALK_PAGE = 500
-# Our negentropy frames: under 64 KiB of hex, what most relays accept in one message.
+# Our negentropy frames when the peer advertises no max_message_length: under 64 KiB of
+# hex, what most relays accept in one message. An advertised length is used in full:
+# larger frames are fewer round trips.
 FRAME_LIMIT = 30_000
-# EVENTs sent before waiting for their OKs.
-UPLOAD_WINDOW = 64
+# EVENTs sent before waiting for their OKs: enough that the peer's writer commits them in
+# large batches (the relay acknowledges only after its commit).
+UPLOAD_WINDOW = 256
 # Seconds for a peer's first NEG-MSG before it is taken not to speak NIP-77.
 NEG_ANSWER_SECONDS = 5.0
 # Seconds any later reply may take before the peer is given up on.
@@ -257,7 +261,7 @@ async def peer_limits(url: str) -> PeerLimits:
     length = limitation.get("max_message_length")
     if type(length) is int and length > 0:
         # Hex doubles the bytes; keep room for the frame around them.
-        frame = max(MIN_FRAME_SIZE_LIMIT, min(frame, (length - 256) // 2))
+        frame = max(MIN_FRAME_SIZE_LIMIT, (length - 256) // 2)
         # Each id is 67 bytes of JSON in a REQ.
         batch = max(1, min(batch, (length - 256) // 67))
     return PeerLimits(batch, frame)
