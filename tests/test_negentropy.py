@@ -101,6 +101,34 @@ def test_reconciliation_finds_exactly_the_difference(
     assert_finds_difference(*sets, limit)
 
 
+@settings(max_examples=150, deadline=None)
+@given(two_sets(), st.sampled_from([0, MIN_FRAME_SIZE_LIMIT]))
+def test_opening_with_the_whole_set_fingerprint_finds_exactly_the_difference(
+    sets: tuple[list[Item], list[Item]], limit: int
+) -> None:
+    """whole_set_message() instead of initiate(): what relay sync sends for a large set
+    while its Storage is being built."""
+    client_items, server_items = sets
+    client = NegentropyClient(Storage(client_items), limit)
+    server = NegentropyServer(Storage(server_items), limit)
+    have: list[bytes] = []
+    need: list[bytes] = []
+    message: bytes | None = neg.whole_set_message(client_items)
+    rounds = 0
+    while message is not None:
+        rounds += 1
+        assert rounds < 10_000
+        message, h, n = client.reconcile(server.answer(message))
+        have += h
+        need += n
+    client_ids = {i for _, i in client_items}
+    server_ids = {i for _, i in server_items}
+    assert sorted(have) == sorted(client_ids - server_ids)
+    assert sorted(need) == sorted(server_ids - client_ids)
+    if client_ids == server_ids:
+        assert rounds == 1
+
+
 @settings(max_examples=60, deadline=None)
 @given(item_sets)
 def test_equal_sets_agree_in_one_round_with_nothing_to_move(items: list[Item]) -> None:

@@ -262,6 +262,18 @@ def fingerprint(ids: Iterable[bytes]) -> bytes:
     return _fingerprint_of(total, count)
 
 
+def whole_set_message(items: Sequence[tuple[int, bytes]]) -> bytes:
+    """A first message of one range, the whole set's fingerprint, from the items themselves
+    (each once, in any order): no Storage needed, so the initiator can send it while its
+    Storage is still being built. The answer splits the set as initiate() would have."""
+    total = sum(int.from_bytes(item_id, "little") for _, item_id in items)
+    writer = _Writer()
+    writer.bound(INFINITE_BOUND, writer.out)
+    writer.out += _FINGERPRINT
+    writer.out += _fingerprint_of(total, len(items))
+    return bytes(writer.out)
+
+
 def _fingerprint_of(total: int, count: int) -> bytes:
     digest = hashlib.sha256((total & _MASK).to_bytes(ID_SIZE, "little") + encode_varint(count))
     return digest.digest()[:FINGERPRINT_SIZE]
