@@ -1,6 +1,7 @@
 """The `relay` command: `relay --port 7447 --db ./relay.sqlite --config relay.toml` serves;
 `relay export`, `relay import`, `relay backup PATH` and `relay sync URL` work on the same
-database (the same --db / --config / RELAY_* settings), whether or not a relay runs on it."""
+database (the same --db / --config / RELAY_* settings), whether or not a relay runs on it.
+All but backup (SQLite's online backup; pg_dump's job on PostgreSQL) take either store."""
 
 from __future__ import annotations
 
