@@ -310,10 +310,13 @@ class Storage:
     __slots__ = ("_ids", "_prefix", "ids_blob", "timestamps")
 
     def __init__(self, items: Iterable[tuple[int, bytes]]) -> None:
-        # Already sorted input (as the stores return it) costs timsort one pass.
-        ordered = sorted(items)
-        if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
-            ordered = [item for item, _ in itertools.groupby(ordered)]
+        # The stores hand over sorted, distinct items: one pass checks that, where sorting
+        # and then looking for duplicates would take two.
+        ordered = items if isinstance(items, list) else list(items)
+        if not all(map(operator.lt, ordered, itertools.islice(ordered, 1, None))):
+            ordered = sorted(ordered)
+            if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+                ordered = [item for item, _ in itertools.groupby(ordered)]
         ids = list(map(operator.itemgetter(1), ordered))
         if ids and set(map(len, ids)) != {ID_SIZE}:
             raise ValueError("an id is 32 bytes")
