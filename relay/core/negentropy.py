@@ -35,6 +35,10 @@ BUCKETS = 16
 # the answer another 32 an id; a fingerprint costs about 20 bytes, and only mismatched
 # buckets are answered, with their few ids (bench/negentropy.py measures the bytes).
 INITIATOR_LEAF = 4
+# ... below this many items; larger ranges in buckets of this many (times a power of 16),
+# at most MAX_SPLIT of them (see NegentropyClient._buckets).
+REFINE_BELOW = BUCKETS * BUCKETS
+MAX_SPLIT = 255
 MAX_U64 = 2**64 - 1
 # The "infinity" timestamp that closes the last range; items may not use it.
 INFINITY = MAX_U64
@@ -466,6 +470,9 @@ class _Round:
         """Answer one range; False once the frame is full (the rest is left for later)."""
         lower = self.prev_index
         upper = self.storage.find_lower_bound(r.upper, lower, len(self.storage))
+        # Where the message stands, should this range not fit: the bounds written into
+        # `out` move the writer's timestamp, and a skip pending before it must be kept.
+        before = (self.writer.last_timestamp, self.skipping)
         out = bytearray()
         if r.mode == Mode.SKIP:
             self.skipping = True
@@ -476,7 +483,6 @@ class _Round:
                 self._flush_skip(out)
                 out += self.owner._split(self.writer, lower, upper, r.upper)
         elif self.initiator:
-            self._compare_ids(r.ids, lower, upper)
             self.skipping = True
         else:
             self._flush_skip(out)
@@ -484,7 +490,17 @@ class _Round:
             if sent < upper:
                 return self._close_with_fingerprint(out, sent)
         if self.owner._over_limit(len(self.writer.out) + len(out)):
-            return self._close_with_fingerprint(bytearray(), lower)
+            # The closing fingerprint covers this range and all after it, from the last
+            # bound written: the skip pending before this range is written first, or the
+            # closing range would start before `lower` and never match.
+            self.writer.last_timestamp, self.skipping = before
+            closing = bytearray()
+            self._flush_skip(closing)
+            return self._close_with_fingerprint(closing, lower)
+        if r.mode == Mode.ID_LIST and self.initiator:
+            # Only once the range is settled in this message: a range left to the closing
+            # fingerprint comes back, and its ids would be counted twice.
+            self._compare_ids(r.ids, lower, upper)
         self.writer.out += out
         self.prev_index = upper
         self.prev_bound = r.upper
@@ -547,15 +563,30 @@ class NegentropyServer(_Reconciler):
 
 
 class NegentropyClient(_Reconciler):
-    """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done."""
+    """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done.
+    Each id is reported once, in have or in need, over the whole exchange."""
+
+    def __init__(self, storage: Storage, frame_size_limit: int = 0) -> None:
+        super().__init__(storage, frame_size_limit)
+        self._reported: set[bytes] = set()
 
     def _buckets(self, count: int) -> int:
-        """Finer buckets where the other side would answer with id lists (INITIATOR_LEAF)."""
-        if count >= BUCKETS * BUCKETS * 2:
-            return BUCKETS
+        """Buckets that make the other side's splits land where we refine, not on id lists.
+
+        The other side splits a mismatched range into 16 fingerprinted buckets, or sends
+        its ids when it holds fewer than 32. Ours are sized so that its 16ths come out at
+        16 to 31 items (buckets of 256 to 511 items; of 256 * 16**j when there would be
+        more than 255 of them, one more split on its side), and a 16th that mismatches
+        is ours to refine: buckets of INITIATOR_LEAF items, the mismatched ones answered
+        with their few ids. Id lists both ways cost 64 bytes an id; a fingerprint, 20."""
         if count <= INITIATOR_LEAF:
             return 0
-        return -(-count // INITIATOR_LEAF)
+        if count < REFINE_BELOW:
+            return -(-count // INITIATOR_LEAF)
+        size = REFINE_BELOW
+        while count // size > MAX_SPLIT:
+            size *= BUCKETS
+        return count // size
 
     def initiate(self) -> bytes:
         writer = _Writer()
@@ -569,4 +600,10 @@ class NegentropyClient(_Reconciler):
             raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
         state = self._reconcile(ranges, initiator=True)
         out = bytes(state.writer.out)
-        return (out if len(out) > 1 else None), state.have, state.need
+        # A reply cut by the frame limit ends in one fingerprint over everything after
+        # the cut, ranges we had settled included: their ids can come round again.
+        have = [i for i in state.have if i not in self._reported]
+        need = [i for i in state.need if i not in self._reported]
+        self._reported.update(have)
+        self._reported.update(need)
+        return (out if len(out) > 1 else None), have, need
