@@ -1,6 +1,6 @@
 """`relay sync` against downloading everything with REQ, between two relays, in one run.
 
-    python -m bench.sync [--events 100000 1000000] [--diff 0.01] [--workers 2]
+    python -m bench.sync [--events 100000 1000000] [--diff 0.01] [--runs 3] [--workers 2]
 
 For each size: two copies of the bench's cached dataset database (bench/stores.py: notes,
 replies, reactions, reposts, articles, profiles and follow lists over 300 days, signed
@@ -26,6 +26,7 @@ import asyncio
 import re
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,14 +193,23 @@ def main() -> int:
     parser.add_argument("--events", type=int, nargs="+", default=[100_000])
     parser.add_argument("--diff", type=float, default=0.01, help="share missing on each side")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=1, help="fresh copies each; medians")
     args = parser.parse_args()
     every = max(2, round(1 / args.diff))
     ok = True
     with tempfile.TemporaryDirectory() as scratch:
         for size in args.events:
-            figures = measure(size, every, args.workers, Path(scratch))
-            report(figures)
-            ok = ok and figures.ok
+            runs = [measure(size, every, args.workers, Path(scratch)) for _ in range(args.runs)]
+            for figures in runs:
+                report(figures)
+                ok = ok and figures.ok
+            if len(runs) > 1:
+                print(
+                    f"\n{size:,}: medians of {len(runs)} runs: REQ everything "
+                    f"{statistics.median(f.req_seconds for f in runs):.1f} s, relay sync "
+                    f"{statistics.median(f.sync_seconds for f in runs):.1f} s, sync bytes "
+                    f"{statistics.median(f.sync_sent + f.sync_received for f in runs):,.0f}"
+                )
     return 0 if ok else 1
 
 
