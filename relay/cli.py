@@ -1,11 +1,13 @@
 """The `relay` command: `relay --port 7447 --db ./relay.sqlite --config relay.toml` serves;
 `relay export`, `relay import`, `relay backup PATH` and `relay sync URL` work on the same
-database (the same --db / --config / RELAY_* settings), whether or not a relay runs on it."""
+database (the same --db / --config / RELAY_* settings), whether or not a relay runs on it.
+All but backup (SQLite's online backup; pg_dump's job on PostgreSQL) take either store."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from relay.core import canonical
 from relay.core.errors import ClientError
 from relay.core.filters import Filter, parse_filter
 from relay.net.sync import DIRECTIONS, SyncError, SyncStats, sync
+from relay.store.base import EventStore
 from relay.store.sqlite import SqliteStore
 from relay.transfer import (
     ImportReport,
@@ -32,6 +35,7 @@ from relay.transfer import (
     StoreLocal,
     backup,
     export_events,
+    export_events_postgres,
     import_events,
     open_read_only,
 )
@@ -154,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
     """export / import / backup / sync: exit 2 for a bad argument, 1 when the work failed."""
-    if is_postgres_url(settings.db):
-        # They read and write SQLite files; PostgreSQL has pg_dump and pg_restore.
-        print(f"relay {args.command}: works on a SQLite database only", file=sys.stderr)
+    if args.command == "backup" and is_postgres_url(settings.db):
+        print(
+            "relay backup: copies a SQLite database; back a PostgreSQL database up with"
+            " pg_dump (e.g. pg_dump --format=custom --file relay.dump DBNAME)",
+            file=sys.stderr,
+        )
         return 2
     try:
         if args.command == "export":
@@ -166,6 +173,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "sync":
             return sync_command(settings, args.url, args.filter, args.direction)
         return backup_command(settings, args.path)
+    except ConfigError as error:  # asyncpg missing for a PostgreSQL URL
+        print(f"relay {args.command}: {error}", file=sys.stderr)
+        return 2
     except ValueError as error:  # a bad --filter
         print(f"relay {args.command}: {error}", file=sys.stderr)
         return 2
@@ -201,7 +211,6 @@ def sync_command(settings: Settings, url: str, filter_text: str | None, directio
         parse_filter_argument(filter_text)
         filter_obj = canonical.loads(filter_text)
     rules = ImportRules(settings.public_url(settings.port), settings.vanish_enabled)
-    Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
     try:
         stats = asyncio.run(_sync(settings, rules, url, filter_obj, direction))
     except SyncError as error:
@@ -214,17 +223,32 @@ def sync_command(settings: Settings, url: str, filter_text: str | None, directio
 async def _sync(
     settings: Settings, rules: ImportRules, url: str, filter_obj: dict[str, Any], direction: str
 ) -> SyncStats:
-    store = open_store(settings)
-    await store.open()
+    store = await open_store(settings)
     try:
         return await sync(StoreLocal(store, rules), url, filter_obj, direction)
     finally:
         await store.close()
 
 
-def open_store(settings: Settings) -> SqliteStore:
-    """The database as import and sync write it: the write process's transaction code on
-    a thread of this process, the NIP-50 index kept as it is."""
+async def open_store(settings: Settings) -> EventStore:
+    """The database as import and sync write it, opened. SQLite: the write process's
+    transaction code on a thread of this process. Both keep the search index as it is:
+    opening with the other setting would build or drop it under a running relay."""
+    if is_postgres_url(settings.db):
+        require_postgres_driver()
+        from relay.store.postgres import PostgresStore, search_words_state
+
+        state = await search_words_state(settings.db)
+        search = settings.search_enabled if state is None else state == "complete"
+        store: EventStore = PostgresStore(settings.db, readers=1, search=search)
+    else:
+        store = await asyncio.to_thread(sqlite_store, settings)
+    await store.open()
+    return store
+
+
+def sqlite_store(settings: Settings) -> SqliteStore:
+    Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(
         settings.db,
         readers=1,
@@ -232,6 +256,16 @@ def open_store(settings: Settings) -> SqliteStore:
         search=keeps_search_index(settings),
         write_process=False,
     )
+
+
+def require_postgres_driver() -> None:
+    """A PostgreSQL database needs asyncpg, the optional `postgres` extra."""
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError as exc:
+        raise ConfigError(
+            f"a PostgreSQL database needs asyncpg: pip install 'pyrelay-nostr[postgres]' ({exc})"
+        ) from exc
 
 
 def parse_filter_argument(text: str | None) -> Filter | None:
@@ -247,8 +281,15 @@ def parse_filter_argument(text: str | None) -> Filter | None:
 
 def export_command(settings: Settings, filter_text: str | None) -> int:
     export_filter = parse_filter_argument(filter_text)
+    now = int(time.time())
     try:
-        count = export_events(settings.db, sys.stdout.buffer, export_filter, int(time.time()))
+        if is_postgres_url(settings.db):
+            require_postgres_driver()
+            count = asyncio.run(
+                export_events_postgres(settings.db, sys.stdout.buffer, export_filter, now)
+            )
+        else:
+            count = export_events(settings.db, sys.stdout.buffer, export_filter, now)
         sys.stdout.buffer.flush()
     except BrokenPipeError:
         # `relay export | head`: the reader left; that is not an error of ours.
@@ -262,10 +303,8 @@ def import_command(settings: Settings, file: str | None, progress: bool) -> int:
     rules = ImportRules(settings.public_url(settings.port), settings.vanish_enabled)
     stream = sys.stdin.buffer if file in (None, "-") else open(file, "rb")  # noqa: SIM115
     try:
-        Path(settings.db).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
-        search = keeps_search_index(settings)
         shown = Progress.for_terminal(stream, sys.stderr) if progress else None
-        report = asyncio.run(_import(settings, search, stream, rules, shown))
+        report = asyncio.run(_import(settings, stream, rules, shown))
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -274,8 +313,7 @@ def import_command(settings: Settings, file: str | None, progress: bool) -> int:
 
 
 def keeps_search_index(settings: Settings) -> bool:
-    """Whether the database keeps its NIP-50 index: opening the store with the other
-    setting would build or drop it under a running relay, so an import keeps what is."""
+    """Whether the SQLite database keeps its NIP-50 index (settings' choice for a new one)."""
     if not Path(settings.db).expanduser().is_file():
         return settings.search_enabled
     db = open_read_only(settings.db)
@@ -289,21 +327,9 @@ def keeps_search_index(settings: Settings) -> bool:
 
 
 async def _import(
-    settings: Settings,
-    search: bool,
-    stream: Any,
-    rules: ImportRules,
-    progress: Progress | None,
+    settings: Settings, stream: Any, rules: ImportRules, progress: Progress | None
 ) -> ImportReport:
-    # Writes on a thread of this process: the same transaction code as the write process.
-    store = SqliteStore(
-        settings.db,
-        readers=1,
-        synchronous=settings.synchronous.upper(),
-        search=search,
-        write_process=False,
-    )
-    await store.open()
+    store = await open_store(settings)
     try:
         return await import_events(store, stream, rules, ImportReport(), progress)
     finally:

@@ -15,6 +15,7 @@ database with SQLite's online backup API inside one read transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import stat
@@ -81,6 +82,20 @@ def export_events(path: str | Path, out: BinaryIO, f: Filter | None, now: int) -
         return count
     finally:
         db.close()
+
+
+async def export_events_postgres(dsn: str, out: BinaryIO, f: Filter | None, now: int) -> int:
+    """export_events on a PostgreSQL database: the same events in the same order, from one
+    snapshot read page by page (relay/store/postgres.py's export_pages)."""
+    # Imported here: asyncpg is the optional `postgres` extra.
+    from relay.store.postgres import export_pages
+
+    count = 0
+    async with contextlib.aclosing(export_pages(dsn, f or Filter(), now)) as pages:
+        async for page in pages:
+            out.write(b"".join([raw + b"\n" for raw in page]))
+            count += len(page)
+    return count
 
 
 # -- import --------------------------------------------------------------------------------

@@ -50,11 +50,12 @@ async def reconcile(
 
 
 async def test_reconciliation_finds_exactly_the_difference(start_relay: RelayFactory) -> None:
-    relay = await start_relay()
+    # The relay's frames are (8448 - 256) / 2 = 4096 bytes, like the client's.
+    relay = await start_relay(max_message_length=8448)
     client = await Client.connect(url_of(relay))
     keys = Keys()
     shared = [keys.sign(content=f"shared {n}", created_at=NOW - 1000 + n) for n in range(300)]
-    only_relay = [keys.sign(content=f"relay {n}", created_at=NOW - 1000 + n) for n in range(40)]
+    only_relay = [keys.sign(content=f"relay {n}", created_at=NOW - 1000 + n) for n in range(150)]
     only_client = [keys.sign(content=f"client {n}", created_at=NOW - 500 + n) for n in range(25)]
     other_kind = keys.sign(kind=7, content="+")
     await publish(client, shared + only_relay + [other_kind])
@@ -63,7 +64,7 @@ async def test_reconciliation_finds_exactly_the_difference(start_relay: RelayFac
     )
     assert have == {bytes.fromhex(e["id"]) for e in only_client}
     assert need == {bytes.fromhex(e["id"]) for e in only_relay}
-    assert rounds >= 2  # 4096-byte frames: the ids cannot all go at once
+    assert rounds >= 2  # 4096-byte frames: the relay's 150 ids cannot all go at once
     await client.close()
 
 

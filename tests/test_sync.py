@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from relay.core.event import parse_event
+from relay.net import sync as sync_module
 from relay.net.server import RelayServer
+from relay.transfer import ImportRules, StoreLocal
 from tests.conftest import RelayFactory, fetch_by_ids, url_of
 from tests.nostr import Client, Keys
 
@@ -144,6 +146,22 @@ async def test_both_ways_converge(
     assert code == 0, err
     assert "0 needed, 0 fetched" in err, err
     assert "up: 0 needed" in err, err
+
+
+async def test_a_large_set_opens_with_its_whole_fingerprint(
+    start_relay: RelayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process, with the threshold at one item: the path a set of 50,000 or more takes.
+    monkeypatch.setattr(sync_module, "EARLY_OPEN_ITEMS", 1)
+    pair = await make_pair(start_relay, tmp_path)
+    local = StoreLocal(pair.here.store, ImportRules(pair.here.settings.public_url(0)))
+    stats = await sync_module.sync(local, url_of(pair.peer), {}, "both", err=None)
+    assert stats.complete
+    assert "fingerprints (waited for)" in stats.phases
+    assert (stats.need, stats.have) == (len(pair.only_peer), len(pair.only_here))
+    everything = pair.shared + pair.only_here + pair.only_peer
+    assert await served(pair.here, everything) == ids(everything)
+    assert await served(pair.peer, everything) == ids(everything)
 
 
 async def test_a_peer_that_cannot_be_reached_fails(tmp_path: Path) -> None:

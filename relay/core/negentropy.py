@@ -29,6 +29,16 @@ ID_SIZE = 32
 FINGERPRINT_SIZE = 16
 # Splitting a mismatched range: this many buckets, or the ids themselves below twice that.
 BUCKETS = 16
+# The initiator's split of a range whose buckets the other side would answer with id lists
+# (fewer than BUCKETS * 2 items each): buckets of about this many items instead, and the
+# ids themselves only for this many or fewer. An id list sent costs 32 bytes an id, and
+# the answer another 32 an id; a fingerprint costs about 20 bytes, and only mismatched
+# buckets are answered, with their few ids (bench/negentropy.py measures the bytes).
+INITIATOR_LEAF = 4
+# ... below this many items; larger ranges in buckets of this many (times a power of 16),
+# at most MAX_SPLIT of them (see NegentropyClient._buckets).
+REFINE_BELOW = BUCKETS * BUCKETS
+MAX_SPLIT = 255
 MAX_U64 = 2**64 - 1
 # The "infinity" timestamp that closes the last range; items may not use it.
 INFINITY = MAX_U64
@@ -256,6 +266,18 @@ def fingerprint(ids: Iterable[bytes]) -> bytes:
     return _fingerprint_of(total, count)
 
 
+def whole_set_message(items: Sequence[tuple[int, bytes]]) -> bytes:
+    """A first message of one range, the whole set's fingerprint, from the items themselves
+    (each once, in any order): no Storage needed, so the initiator can send it while its
+    Storage is still being built. The answer splits the set as initiate() would have."""
+    total = sum(int.from_bytes(item_id, "little") for _, item_id in items)
+    writer = _Writer()
+    writer.bound(INFINITE_BOUND, writer.out)
+    writer.out += _FINGERPRINT
+    writer.out += _fingerprint_of(total, len(items))
+    return bytes(writer.out)
+
+
 def _fingerprint_of(total: int, count: int) -> bytes:
     digest = hashlib.sha256((total & _MASK).to_bytes(ID_SIZE, "little") + encode_varint(count))
     return digest.digest()[:FINGERPRINT_SIZE]
@@ -292,10 +314,13 @@ class Storage:
     __slots__ = ("_ids", "_prefix", "ids_blob", "timestamps")
 
     def __init__(self, items: Iterable[tuple[int, bytes]]) -> None:
-        # Already sorted input (as the stores return it) costs timsort one pass.
-        ordered = sorted(items)
-        if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
-            ordered = [item for item, _ in itertools.groupby(ordered)]
+        # The stores hand over sorted, distinct items: one pass checks that, where sorting
+        # and then looking for duplicates would take two.
+        ordered = items if isinstance(items, list) else list(items)
+        if not all(map(operator.lt, ordered, itertools.islice(ordered, 1, None))):
+            ordered = sorted(ordered)
+            if any(map(operator.eq, ordered, itertools.islice(ordered, 1, None))):
+                ordered = [item for item, _ in itertools.groupby(ordered)]
         ids = list(map(operator.itemgetter(1), ordered))
         if ids and set(map(len, ids)) != {ID_SIZE}:
             raise ValueError("an id is 32 bytes")
@@ -393,20 +418,27 @@ class _Reconciler:
                 break
         return state
 
+    def _buckets(self, count: int) -> int:
+        """Fingerprinted buckets for a mismatched range of `count` items; 0: send its ids.
+
+        The reference's rule, which the relay keeps as the answering side."""
+        return BUCKETS if count >= BUCKETS * 2 else 0
+
     def _split(self, writer: _Writer, lower: int, upper: int, upper_bound: Bound) -> bytearray:
-        """A mismatched range in 16 fingerprinted buckets, or its ids when it is small."""
+        """A mismatched range in fingerprinted buckets, or its ids when it is small."""
         out = bytearray()
         storage = self.storage
         count = upper - lower
-        if count < BUCKETS * 2:
+        buckets = self._buckets(count)
+        if not buckets:
             writer.bound(upper_bound, out)
             out += _ID_LIST
             out += encode_varint(count)
             out += storage.ids_blob[lower * ID_SIZE : upper * ID_SIZE]
             return out
-        per_bucket, extra = divmod(count, BUCKETS)
+        per_bucket, extra = divmod(count, buckets)
         start = lower
-        for bucket in range(BUCKETS):
+        for bucket in range(buckets):
             end = start + per_bucket + (1 if bucket < extra else 0)
             if end == upper:
                 bound = upper_bound
@@ -438,6 +470,9 @@ class _Round:
         """Answer one range; False once the frame is full (the rest is left for later)."""
         lower = self.prev_index
         upper = self.storage.find_lower_bound(r.upper, lower, len(self.storage))
+        # Where the message stands, should this range not fit: the bounds written into
+        # `out` move the writer's timestamp, and a skip pending before it must be kept.
+        before = (self.writer.last_timestamp, self.skipping)
         out = bytearray()
         if r.mode == Mode.SKIP:
             self.skipping = True
@@ -448,7 +483,6 @@ class _Round:
                 self._flush_skip(out)
                 out += self.owner._split(self.writer, lower, upper, r.upper)
         elif self.initiator:
-            self._compare_ids(r.ids, lower, upper)
             self.skipping = True
         else:
             self._flush_skip(out)
@@ -456,7 +490,17 @@ class _Round:
             if sent < upper:
                 return self._close_with_fingerprint(out, sent)
         if self.owner._over_limit(len(self.writer.out) + len(out)):
-            return self._close_with_fingerprint(bytearray(), lower)
+            # The closing fingerprint covers this range and all after it, from the last
+            # bound written: the skip pending before this range is written first, or the
+            # closing range would start before `lower` and never match.
+            self.writer.last_timestamp, self.skipping = before
+            closing = bytearray()
+            self._flush_skip(closing)
+            return self._close_with_fingerprint(closing, lower)
+        if r.mode == Mode.ID_LIST and self.initiator:
+            # Only once the range is settled in this message: a range left to the closing
+            # fingerprint comes back, and its ids would be counted twice.
+            self._compare_ids(r.ids, lower, upper)
         self.writer.out += out
         self.prev_index = upper
         self.prev_bound = r.upper
@@ -519,7 +563,30 @@ class NegentropyServer(_Reconciler):
 
 
 class NegentropyClient(_Reconciler):
-    """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done."""
+    """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done.
+    Each id is reported once, in have or in need, over the whole exchange."""
+
+    def __init__(self, storage: Storage, frame_size_limit: int = 0) -> None:
+        super().__init__(storage, frame_size_limit)
+        self._reported: set[bytes] = set()
+
+    def _buckets(self, count: int) -> int:
+        """Buckets that make the other side's splits land where we refine, not on id lists.
+
+        The other side splits a mismatched range into 16 fingerprinted buckets, or sends
+        its ids when it holds fewer than 32. Ours are sized so that its 16ths come out at
+        16 to 31 items (buckets of 256 to 511 items; of 256 * 16**j when there would be
+        more than 255 of them, one more split on its side), and a 16th that mismatches
+        is ours to refine: buckets of INITIATOR_LEAF items, the mismatched ones answered
+        with their few ids. Id lists both ways cost 64 bytes an id; a fingerprint, 20."""
+        if count <= INITIATOR_LEAF:
+            return 0
+        if count < REFINE_BELOW:
+            return -(-count // INITIATOR_LEAF)
+        size = REFINE_BELOW
+        while count // size > MAX_SPLIT:
+            size *= BUCKETS
+        return count // size
 
     def initiate(self) -> bytes:
         writer = _Writer()
@@ -533,4 +600,10 @@ class NegentropyClient(_Reconciler):
             raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
         state = self._reconcile(ranges, initiator=True)
         out = bytes(state.writer.out)
-        return (out if len(out) > 1 else None), state.have, state.need
+        # A reply cut by the frame limit ends in one fingerprint over everything after
+        # the cut, ranges we had settled included: their ids can come round again.
+        have = [i for i in state.have if i not in self._reported]
+        need = [i for i in state.need if i not in self._reported]
+        self._reported.update(have)
+        self._reported.update(need)
+        return (out if len(out) > 1 else None), have, need

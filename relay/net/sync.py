@@ -13,12 +13,13 @@ StoreLocal), the mirror through RelayServer.ingest (relay/net/mirror.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -27,18 +28,31 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from relay.core import canonical
 from relay.core.filters import Filter, parse_filter
-from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyClient, NegentropyError, Storage
+from relay.core.negentropy import (
+    MIN_FRAME_SIZE_LIMIT,
+    NegentropyClient,
+    NegentropyError,
+    Storage,
+    whole_set_message,
+)
 from relay.store.base import EventStore
 
 DIRECTIONS = ("down", "up", "both")
-# Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values).
-FETCH_BATCH = 500
+# Ids per REQ when the peer advertises no smaller max_limit (ours refuses over 1,000 values,
+# and a refused batch is split in two and asked again).
+FETCH_BATCH = 1000
 # Events per REQ page while walking a peer without NIP-77.
 WALK_PAGE = 500
-# Our negentropy frames: under 64 KiB of hex, what most relays accept in one message.
+# Our negentropy frames when the peer advertises no max_message_length: under 64 KiB of
+# hex, what most relays accept in one message. An advertised length is used in full:
+# larger frames are fewer round trips.
 FRAME_LIMIT = 30_000
-# EVENTs sent before waiting for their OKs.
-UPLOAD_WINDOW = 64
+# EVENTs sent before waiting for their OKs: enough that the peer's writer commits them in
+# large batches (the relay acknowledges only after its commit).
+UPLOAD_WINDOW = 256
+# From this many items the reconciliation opens with the whole set's fingerprint and builds
+# the Storage meanwhile (one round trip more, against seconds of waiting at a million).
+EARLY_OPEN_ITEMS = 50_000
 # Seconds for a peer's first NEG-MSG before it is taken not to speak NIP-77.
 NEG_ANSWER_SECONDS = 5.0
 # Seconds any later reply may take before the peer is given up on.
@@ -98,6 +112,16 @@ class SyncStats:
     sent_bytes: int = 0
     received_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Seconds per phase (reading the set, building its fingerprints, reconciling, ...).
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - began
 
     @property
     def complete(self) -> bool:
@@ -115,8 +139,12 @@ class SyncStats:
             f"down: {self.need:,} needed, {self.fetched:,} fetched ({_counts(self.stored)}), "
             f"{self.missing:,} not served; up: {self.have:,} needed ({_counts(self.uploaded)}); "
             f"{self.sent_bytes:,} bytes sent, {self.received_bytes:,} received "
-            f"in {seconds:.1f} s"
+            f"in {seconds:.1f} s ({_phases(self.phases)})"
         )
+
+
+def _phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -242,7 +270,7 @@ async def peer_limits(url: str) -> PeerLimits:
     length = limitation.get("max_message_length")
     if type(length) is int and length > 0:
         # Hex doubles the bytes; keep room for the frame around them.
-        frame = max(MIN_FRAME_SIZE_LIMIT, min(frame, (length - 256) // 2))
+        frame = max(MIN_FRAME_SIZE_LIMIT, (length - 256) // 2)
         # Each id is 67 bytes of JSON in a REQ.
         batch = max(1, min(batch, (length - 256) // 67))
     return PeerLimits(batch, frame)
@@ -288,18 +316,36 @@ async def reconcile(
 ) -> tuple[list[bytes], list[bytes]]:
     """NIP-77 as the initiator: (ids we have and the peer lacks, ids the peer has and we lack).
 
-    Raises NotSupported when the peer's first answer is not a NEG-MSG.
+    A large set opens with its whole fingerprint, and its Storage (the sort and the prefix
+    sums, seconds at a million items) is built on a thread while the peer reads and builds
+    its own. Raises NotSupported when the peer's first answer is not a NEG-MSG.
     """
-    client = NegentropyClient(Storage(items), frame_limit)
+    stats = peer.stats
+    building: asyncio.Task[Storage] | None = None
+    client: NegentropyClient | None = None
+    if len(items) >= EARLY_OPEN_ITEMS:
+        with stats.timed("fingerprints"):
+            first = await asyncio.to_thread(whole_set_message, items)
+        building = asyncio.create_task(asyncio.to_thread(Storage, items))
+    else:
+        with stats.timed("fingerprints"):
+            client = NegentropyClient(await asyncio.to_thread(Storage, items), frame_limit)
+        first = client.initiate()
     sub_id = "sync-neg"
     have: list[bytes] = []
     need: list[bytes] = []
-    await peer.send(["NEG-OPEN", sub_id, filter_obj, client.initiate().hex()])
-    first = True
+    try:
+        await peer.send(["NEG-OPEN", sub_id, filter_obj, first.hex()])
+        message = await _neg_reply(peer, sub_id, answer_seconds, first=True)
+        if building is not None:
+            with stats.timed("fingerprints (waited for)"):
+                client = NegentropyClient(await building, frame_limit)
+    finally:
+        if building is not None and client is None:
+            building.cancel()
+    assert client is not None
     while True:
-        message = await _neg_reply(peer, sub_id, answer_seconds if first else REPLY_SECONDS, first)
-        first = False
-        peer.stats.rounds += 1
+        stats.rounds += 1
         try:
             following, got_have, got_need = client.reconcile(message)
         except NegentropyError as error:
@@ -311,6 +357,7 @@ async def reconcile(
             await peer.send(["NEG-CLOSE", sub_id])
             return have, need
         await peer.send(["NEG-MSG", sub_id, following.hex()])
+        message = await _neg_reply(peer, sub_id, REPLY_SECONDS, first=False)
 
 
 # -- REQ: by ids, and walking back by `until` -----------------------------------------
@@ -441,13 +488,15 @@ async def sync(
     progress = Progress(stats, err)
     limits = await peer_limits(url)
     local_filter = parse_filter(filter_obj)
-    items = await local.items(local_filter)
+    with stats.timed("set"):
+        items = await local.items(local_filter)
     peer = await Peer.connect(url, stats)
     try:
         try:
-            have, need = await reconcile(
-                peer, filter_obj, items, limits.frame_limit, answer_seconds
-            )
+            with stats.timed("reconcile"):
+                have, need = await reconcile(
+                    peer, filter_obj, items, limits.frame_limit, answer_seconds
+                )
         except NotSupported as why:
             if err is not None:
                 print(f"sync: {url} does not reconcile ({why}); walking its events", file=err)
@@ -458,28 +507,78 @@ async def sync(
         stats.have = len(have) if direction != "down" else 0
         stats.need = len(need) if direction != "up" else 0
         progress.show("reconciled", stats.compared, force=True)
-        if direction != "up":
-            await _download(peer, local, need, limits.fetch_batch, progress)
-        if direction != "down":
-            await _upload(peer, local, have, progress)
+        await _transfer(
+            peer,
+            url,
+            local,
+            need if direction != "up" else [],
+            have if direction != "down" else [],
+            limits,
+            progress,
+        )
     finally:
         await peer.close()
     progress.show("done", stats.fetched + stats.have, force=True)
     return stats
 
 
+async def _transfer(
+    peer: Peer,
+    url: str,
+    local: Local,
+    need: Sequence[bytes],
+    have: Sequence[bytes],
+    limits: PeerLimits,
+    progress: Progress,
+) -> None:
+    """Download on this connection and upload on a second one at the same time: the peer
+    serves REQs while its writer commits what we send, and we store while it sends."""
+    stats = progress.stats
+
+    async def download() -> None:
+        with stats.timed("download"):
+            await _download(peer, local, need, limits.fetch_batch, progress)
+
+    async def upload() -> None:
+        with stats.timed("upload"):
+            uploader = peer if not need else await Peer.connect(url, stats)
+            try:
+                await _upload(uploader, local, have, progress)
+            finally:
+                if uploader is not peer:
+                    await uploader.close()
+
+    jobs = ([download()] if need else []) + ([upload()] if have else [])
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # one failed: the other stops too
+            task.cancel()
+
+
 async def _download(
     peer: Peer, local: Local, need: Sequence[bytes], batch: int, progress: Progress
 ) -> None:
+    """REQ by ids, batch after batch; each batch is stored while the next one is fetched."""
     stats = progress.stats
-    for start in range(0, len(need), batch):
-        wanted = need[start : start + batch]
-        objs, trips = await fetch_ids(peer, wanted)
-        stats.rounds += trips
-        stats.fetched += len(objs)
-        stats.missing += len(wanted) - len(objs)
-        await _store(local, objs, stats)
-        progress.show("download", stats.fetched)
+    storing: asyncio.Task[None] | None = None
+    try:
+        for start in range(0, len(need), batch):
+            wanted = need[start : start + batch]
+            objs, trips = await fetch_ids(peer, wanted)
+            stats.rounds += trips
+            stats.fetched += len(objs)
+            stats.missing += len(wanted) - len(objs)
+            if storing is not None:
+                await storing
+            storing = asyncio.create_task(_store(local, objs, stats))
+            progress.show("download", stats.fetched)
+        if storing is not None:
+            await storing
+    finally:
+        if storing is not None and not storing.done():
+            storing.cancel()
 
 
 async def _store(local: Local, objs: Sequence[Any], stats: SyncStats) -> None:

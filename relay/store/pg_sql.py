@@ -159,3 +159,15 @@ def count_events(filters: Sequence[Filter], now: int) -> Query:
         conditions = _where(f, now, params)
         parts.append(f"SELECT e.seq FROM events e WHERE {' AND '.join(conditions)}")
     return f"SELECT count(*) FROM ({' UNION '.join(parts)}) AS matched", params.values
+
+
+def export_events(f: Filter, now: int) -> Query:
+    """Raw JSON of the live events matching `f` for `relay export`: in insertion order
+    (an import replays deletions and replacements as they happened), or with a `limit`
+    the newest ones, as a REQ returns them."""
+    if f.limit is not None:
+        return select_events([f], now)
+    params = Params()
+    conditions = _where(f, now, params)
+    where = " AND ".join(conditions)
+    return f"SELECT e.raw FROM events e WHERE {where} ORDER BY e.seq", params.values

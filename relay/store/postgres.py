@@ -90,6 +90,8 @@ CONNECT_TIMEOUT = 10.0
 SAVE_ATTEMPTS = 3
 PURGE_CHUNK = 1000
 FILL_CHUNK = 1000
+# Rows per fetch of `relay export`'s server-side cursor: memory stays at one page.
+EXPORT_PAGE = 2000
 
 NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS n(p, i) ORDER BY i"
 FETCH_LIVE = "SELECT raw FROM events WHERE id = $1 AND (expiration IS NULL OR expiration > $2)"
@@ -395,3 +397,52 @@ async def _fill_search_words(conn: Conn) -> int:
             vectors,
         )
         last, filled = seqs[-1], filled + len(rows)
+
+
+# -- the command line's reads: `relay export`, and which search setting an import keeps --
+
+
+async def _connect_once(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(
+            dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": "pyrelay"}
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise OSError(f"cannot open database {describe(dsn)}: {exc}") from exc
+
+
+async def export_pages(
+    dsn: str, f: Filter, now: int, page: int = EXPORT_PAGE
+) -> AsyncGenerator[list[bytes], None]:
+    """Raw JSON of the live events matching `f`, in `relay export`'s order (pg_sql), page
+    by page from one snapshot: a REPEATABLE READ, read-only transaction whose server-side
+    cursor hands over `page` rows at a time, so memory stays flat however large the
+    database, and writers carry on meanwhile. Database errors come out as OSError."""
+    conn = await _connect_once(dsn)
+    statement, params = pg_sql.export_events(f, now)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            cursor = await conn.cursor(statement, *params)
+            while rows := await cursor.fetch(page):
+                yield [row[0] for row in rows]
+    except asyncpg.PostgresError as exc:
+        raise OSError(f"database {describe(dsn)}: {exc}") from exc
+    finally:
+        await conn.close()
+
+
+async def search_words_state(dsn: str) -> str | None:
+    """Whether the database keeps every event's search words ("complete"), not all of them
+    ("partial", an instance runs with search off), or None before any relay created it."""
+    conn = await _connect_once(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass('relay_meta')") is None:
+            return None
+        state: str | None = await conn.fetchval(
+            "SELECT value FROM relay_meta WHERE key = 'search_words'"
+        )
+        return state
+    except asyncpg.PostgresError as exc:
+        raise OSError(f"database {describe(dsn)}: {exc}") from exc
+    finally:
+        await conn.close()

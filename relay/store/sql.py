@@ -241,7 +241,8 @@ EXPIRED_IDS = "SELECT id FROM events WHERE expiration IS NOT NULL AND expiration
 
 
 def negentropy_items(f: Filter, now: int, cap: int | None) -> Query:
-    """(created_at, id) of the events matching `f`, for NIP-77, ascending.
+    """(created_at, id) of the events matching `f`, for NIP-77, ascending by created_at
+    (and by id only with a `limit`: the caller sorts).
 
     With a `limit`: the newest `limit` live events (ties by id), as a REQ would return.
     Without one, every match, expired events included: the expiration column would take
@@ -258,9 +259,12 @@ def negentropy_items(f: Filter, now: int, cap: int | None) -> Query:
         params.append(f.limit if cap is None else min(f.limit, cap))
         return f"SELECT created_at, id FROM ({inner}) ORDER BY created_at, id", params
     conditions = _where(f, now, params, skip_tag=None, live_only=False)
+    # Ids descending within a second: events_by_time (created_at DESC, id) read backwards,
+    # with no sort in SQLite (0.4 s of the 1 s a million rows take). The caller sorts: a
+    # list of descending runs is one pass for Python's sort.
     sql = (
         f"SELECT e.created_at, e.id FROM events e WHERE {' AND '.join(conditions)}"
-        " ORDER BY e.created_at, e.id"
+        " ORDER BY e.created_at, e.id DESC"
     )
     if cap is not None:
         sql += " LIMIT ?"

@@ -419,6 +419,8 @@ def _negentropy_items(
             db.execute("COMMIT")
     if len(filters) > 1:
         items = sorted(set(items))
+    else:
+        items.sort()  # ids come descending within a second (sql.negentropy_items)
     if cap is not None and len(items) > cap:
         raise TooManyItems(cap)
     return items
