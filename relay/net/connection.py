@@ -69,6 +69,8 @@ class RelayServices(Protocol):
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]: ...
 
+    def query_finished(self, filters: tuple[Filter, ...], found: int, reading: float) -> None: ...
+
     async def count(
         self, filters: tuple[Filter, ...], readers: frozenset[str], owner: object
     ) -> int: ...
@@ -228,13 +230,25 @@ class ClientConnection:
     async def _query(self, query_id: int, filters: tuple[Filter, ...]) -> None:
         """Stored events page by page, each only once the client has read the last."""
         session = self.session
+        pages = self.services.query_pages(filters, self, self.page_bytes)
+        found = 0
+        reading = 0.0  # seconds spent waiting for the store, not for the client
         try:
-            pages = self.services.query_pages(filters, self, self.page_bytes)
-            async with contextlib.aclosing(pages):
-                while (page := await self._next_page(pages)) is not None:
-                    self._do(session.query_page(query_id, page))
-                    if query_id not in session.queries:
-                        return  # its cap was reached: EOSE is sent
+            while True:
+                promised = await self._room_for_page()
+                started = time.perf_counter()
+                try:
+                    page = await anext(pages, None)
+                finally:
+                    reading += time.perf_counter() - started
+                    # No await between this and the page being queued.
+                    self.outbox.release(promised)
+                if page is None:
+                    break
+                found += len(page)
+                self._do(session.query_page(query_id, page))
+                if query_id not in session.queries:
+                    return  # its cap was reached: EOSE is sent
             self._do(session.query_done(query_id))
         except QueryTimeout:
             self._do(session.query_failed(query_id, QueryFailure.TIMEOUT))
@@ -243,19 +257,17 @@ class ClientConnection:
             self._do(session.query_failed(query_id, QueryFailure.ERROR))
         finally:
             self._queries.pop(query_id, None)
+            self.services.query_finished(filters, found, reading)
+            await pages.aclose()
 
-    async def _next_page(self, pages: AsyncGenerator[list[bytes], None]) -> list[bytes] | None:
+    async def _room_for_page(self) -> int:
         """Backpressure: a page is read only once the client's outbox has room for it and
         the results queued on the whole relay are below their budget, so a client that
         reads is never dropped for the size of its results, one that does not holds at
-        most a page per query, and other connections' queries go first meanwhile."""
+        most a page per query, and other connections' queries go first meanwhile.
+        Returns the room promised, to release once the page is queued."""
         await self.services.outbox_meter.wait_below(self.max_result_bytes)
-        promised = await self.outbox.reserve(self.page_reserve)
-        try:
-            return await anext(pages, None)
-        finally:
-            # No await between this and the page being queued.
-            self.outbox.release(promised)
+        return await self.outbox.reserve(self.page_reserve)
 
     async def _count(self, action: StartCount) -> None:
         session = self.session
