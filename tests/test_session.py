@@ -356,6 +356,23 @@ def test_a_held_event_already_sent_as_stored_is_not_sent_again() -> None:
     assert replies(session.query_done(query.query_id)) == [["EOSE", "s"]]
 
 
+def test_held_events_sent_on_any_page_are_not_sent_again() -> None:
+    """The last page is keyed only at EOSE: events of every page, the last one included,
+    are left out of the held-back ones; the others are sent after EOSE."""
+    session = session_with()
+    query = open_sub(session, "s", {"kinds": [1]})
+    first, middle, last, fresh = live_event(1), live_event(2), live_event(3), live_event(4)
+    for event in (first, fresh, middle, last):
+        assert session.live("s", event, private=False) is None
+    session.query_page(query.query_id, [first.raw])
+    session.query_page(query.query_id, [middle.raw])
+    session.query_page(query.query_id, [last.raw])
+    assert replies(session.query_done(query.query_id)) == [
+        ["EOSE", "s"],
+        ["EVENT", "s", fresh.to_dict()],
+    ]
+
+
 def test_a_replaced_req_ends_the_old_query_and_its_pages_are_dropped() -> None:
     session = session_with()
     old = open_sub(session, "s", {"kinds": [1]})

@@ -48,11 +48,19 @@ class Filter:
     @property
     def can_match(self) -> bool:
         """False when the filter provably matches nothing (an empty set, since > until)."""
-        if any(s is not None and not s for s in (self.ids, self.authors, self.kinds)):
+        # Plain tests, no generator: a REQ asks this of each filter several times.
+        ids, authors, kinds = self.ids, self.authors, self.kinds
+        if (
+            (ids is not None and not ids)
+            or (authors is not None and not authors)
+            or (kinds is not None and not kinds)
+        ):
             return False
-        if any(not values for _, values in self.tags):
-            return False
-        return not (self.since is not None and self.until is not None and self.since > self.until)
+        for _, values in self.tags:
+            if not values:
+                return False
+        since, until = self.since, self.until
+        return since is None or until is None or since <= until
 
     def with_limit(self, limit: int | None) -> Filter:
         if limit == self.limit:

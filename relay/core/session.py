@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from relay.core import auth, messages
 from relay.core.auth import AuthPolicy, AuthState
@@ -229,8 +231,11 @@ class Subscription:
     # Live events held back until EOSE (only while querying).
     held: list[Event] = field(default_factory=list)
     held_overflow: bool = False
-    # Keys (_id_key) of the stored events sent, so a held event is not sent twice.
+    # Keys (_id_key) of the stored events sent, so a held event is not sent twice; the
+    # last page's events are keyed only when another page comes or an event is held, so
+    # a REQ answered in one page with nothing held back keys none.
     sent_ids: set[bytes] = field(default_factory=set)
+    unkeyed: list[bytes] = field(default_factory=list)
     sent: int = 0
 
 
@@ -321,17 +326,18 @@ class Session:
             return self._refuse(error)
 
     def _dispatch(self, message: ClientMessage | NegMessage) -> list[Action]:
-        if isinstance(message, (NegOpenMessage, NegMsgMessage, NegCloseMessage)):
-            return self._negentropy(message)
-        if isinstance(message, EventMessage):
-            return self._event(message.event)
-        if isinstance(message, ReqMessage):
-            return self._open(message)
-        if isinstance(message, CloseMessage):
-            return self._end_subscription(message.sub_id)
-        if isinstance(message, AuthMessage):
-            return self._authenticate(message.event)
-        return self._count(message)
+        # By type in one dict lookup: REQ and CLOSE come most, and a chain of
+        # isinstance checks cost them a few each.
+        return _HANDLERS[type(message)](self, message)
+
+    def _on_event(self, message: EventMessage) -> list[Action]:
+        return self._event(message.event)
+
+    def _on_close(self, message: CloseMessage) -> list[Action]:
+        return self._end_subscription(message.sub_id)
+
+    def _on_auth(self, message: AuthMessage) -> list[Action]:
+        return self._authenticate(message.event)
 
     def _refuse(self, error: MessageError) -> list[Action]:
         actions: list[Action] = []
@@ -405,10 +411,14 @@ class Session:
             raise _refused(
                 sub_id, Restricted(f"at most {limits.max_subscriptions} open subscriptions")
             )
-        filters = tuple(self._clamp(f) for f in req.filters)
+        filters = tuple([self._clamp(f) for f in req.filters])
         entries = index_entries(filters)
         self._check_entries(sub_id, entries)
-        needs_query = any(f.limit != 0 and f.can_match for f in filters)
+        needs_query = False
+        for f in filters:
+            if f.limit != 0 and f.can_match:
+                needs_query = True
+                break
         if needs_query:
             self._check_queries(sub_id)
         if not self._shared_entries.take(entries):
@@ -510,7 +520,9 @@ class Session:
         sub.sent += len(taken)
         full = sub.sent >= self.limits.max_req_results
         raws = self._readable(sub.filters, taken)
-        sub.sent_ids.update(map(_id_key, raws))
+        if sub.unkeyed:
+            sub.sent_ids.update(map(_id_key, sub.unkeyed))
+        sub.unkeyed = raws
         actions: list[Action] = []
         if raws:
             head = b'["EVENT",' + sub.sub_id_json + b","
@@ -527,15 +539,19 @@ class Session:
         if sub is None:
             return []
         sub.query_id = None
-        held, sent_ids = self._drop_held(sub), sub.sent_ids
-        sub.sent_ids = set()
+        held, sent_ids, unkeyed = self._drop_held(sub), sub.sent_ids, sub.unkeyed
+        sub.sent_ids, sub.unkeyed = set(), []
         if sub.held_overflow:
             return [
                 *self._end_subscription(sub.sub_id),
                 _send(messages.closed(sub.sub_id, HELD_OVERFLOW)),
             ]
-        frames = [messages.eose(sub.sub_id)]
+        eose = b'["EOSE",' + sub.sub_id_json + b"]"
+        if not held:
+            return [Send((eose,))]
+        sent_ids.update(map(_id_key, unkeyed))
         head = b'["EVENT",' + sub.sub_id_json + b","
+        frames = [eose]
         frames += [head + e.raw + b"]" for e in held if _id_key(e.raw) not in sent_ids]
         return [Send(tuple(frames))]
 
@@ -792,3 +808,16 @@ def _kind_of(raw: bytes) -> int:
     """The kind of stored event JSON, without parsing the whole event."""
     found = _KIND_FIELD.search(raw)
     return int(found.group(1)) if found else -1
+
+
+# Session._dispatch: the handler of each kind of client message.
+_HANDLERS: dict[type, Callable[[Session, Any], list[Action]]] = {
+    EventMessage: Session._on_event,
+    ReqMessage: Session._open,
+    CloseMessage: Session._on_close,
+    AuthMessage: Session._on_auth,
+    CountMessage: Session._count,
+    NegOpenMessage: Session._negentropy,
+    NegMsgMessage: Session._negentropy,
+    NegCloseMessage: Session._negentropy,
+}
