@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -167,32 +167,44 @@ class ClientConnection:
     # --- carrying out the session's actions ----------------------------------------------
 
     def _do(self, actions: list[Action]) -> None:
+        # By type in one dict lookup rather than a chain of isinstance checks.
         for action in actions:
-            if isinstance(action, Send):
-                self.outbox.put_many(action.frames)
-            elif isinstance(action, Refused):
-                self.services.refused(action.what, action.reason)
-            elif isinstance(action, Watch):
-                self.services.watch(self, action.sub_id, action.filters)
-            elif isinstance(action, Unwatch):
-                self.services.unwatch(self, action.sub_id)
-            elif isinstance(action, StartQuery):
-                self._queries[action.query_id] = asyncio.create_task(
-                    self._query(action.query_id, action.filters)
-                )
-            elif isinstance(action, StartCount):
-                self._queries[action.query_id] = asyncio.create_task(self._count(action))
-            elif isinstance(action, CancelQuery):
-                self._cancel(action.query_id)
-            elif isinstance(action, Ingest):
-                self.events_received += 1
-                self._start(self._ingest(action.event))
-            elif isinstance(action, Authenticate):
-                self._start(self._authenticate(action.event))
-            elif isinstance(action, OpenNegentropy):
-                self._queries[action.query_id] = asyncio.create_task(self._neg_open(action))
-            elif isinstance(action, Reconcile):
-                self._queries[action.query_id] = asyncio.create_task(self._reconcile(action))
+            _ACTIONS[type(action)](self, action)
+
+    def _send(self, action: Send) -> None:
+        self.outbox.put_many(action.frames)
+
+    def _refused(self, action: Refused) -> None:
+        self.services.refused(action.what, action.reason)
+
+    def _watch(self, action: Watch) -> None:
+        self.services.watch(self, action.sub_id, action.filters)
+
+    def _unwatch(self, action: Unwatch) -> None:
+        self.services.unwatch(self, action.sub_id)
+
+    def _start_query(self, action: StartQuery) -> None:
+        task = asyncio.create_task(self._query(action.query_id, action.filters))
+        self._queries[action.query_id] = task
+
+    def _start_count(self, action: StartCount) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._count(action))
+
+    def _cancel_query(self, action: CancelQuery) -> None:
+        self._cancel(action.query_id)
+
+    def _start_ingest(self, action: Ingest) -> None:
+        self.events_received += 1
+        self._start(self._ingest(action.event))
+
+    def _start_authenticate(self, action: Authenticate) -> None:
+        self._start(self._authenticate(action.event))
+
+    def _open_negentropy(self, action: OpenNegentropy) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._neg_open(action))
+
+    def _start_reconcile(self, action: Reconcile) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._reconcile(action))
 
     def _start(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` as a task the connection waits for before it ends (and at shutdown)."""
@@ -349,3 +361,19 @@ def _open_and_answer(
 ) -> tuple[NegentropyServer, bytes]:
     server = services.negentropy_server(items)
     return server, server.answer(message)
+
+
+# ClientConnection._do: how each kind of the session's actions is carried out.
+_ACTIONS: dict[type, Callable[[ClientConnection, Any], None]] = {
+    Send: ClientConnection._send,
+    Refused: ClientConnection._refused,
+    Watch: ClientConnection._watch,
+    Unwatch: ClientConnection._unwatch,
+    StartQuery: ClientConnection._start_query,
+    StartCount: ClientConnection._start_count,
+    CancelQuery: ClientConnection._cancel_query,
+    Ingest: ClientConnection._start_ingest,
+    Authenticate: ClientConnection._start_authenticate,
+    OpenNegentropy: ClientConnection._open_negentropy,
+    Reconcile: ClientConnection._start_reconcile,
+}
