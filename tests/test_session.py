@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 import relay
-from relay.core.auth import AuthPolicy
+from relay.core.auth import DM_KINDS, AuthPolicy
 from relay.core.errors import ClientError, Invalid, MessageError
 from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter, parse_filter
@@ -569,6 +569,22 @@ def test_dms_need_auth_and_reach_only_their_parties() -> None:
     to_me = live_event(5, kind=4, tags=[["p", PUBKEYS[1]]])
     assert session.live("dm", live_event(6, kind=4), private=True) is None
     assert session.live("dm", to_me, private=True) is not None
+
+
+def test_a_filter_without_kinds_leaves_out_exactly_the_private_events() -> None:
+    """Kinds that only share digits with a private kind, and content quoting one, are
+    served; kinds 4 and 1059 are not, unauthenticated."""
+    session = Session(SessionPolicy(auth=AUTH_ON))
+    query = open_sub(session, "s", {"authors": [PUBKEYS[0]]})
+    quoting = orjson.loads(stored(1)[0])
+    quoting["content"] = '"kind":4'
+    public = [*stored(1, kind=40), *stored(1, kind=104), *stored(1, kind=14000)]
+    public.append(orjson.dumps(quoting))
+    served = [["EVENT", "s", orjson.loads(raw)] for raw in public]
+    assert replies(session.query_page(query.query_id, public)) == served
+    for kind in sorted(DM_KINDS):
+        page = [*public, *stored(1, kind=kind)]
+        assert replies(session.query_page(query.query_id, page)) == served, kind
 
 
 # --- write policy ---------------------------------------------------------------------
