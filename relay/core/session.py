@@ -541,7 +541,9 @@ class Session:
             return []
         sub.query_id = None
         held, sent_ids, unkeyed = self._drop_held(sub), sub.sent_ids, sub.unkeyed
-        sub.sent_ids, sub.unkeyed = set(), []
+        if sent_ids:
+            sub.sent_ids = set()
+        sub.unkeyed = []
         if sub.held_overflow:
             return [
                 *self._end_subscription(sub.sub_id),
@@ -605,8 +607,10 @@ class Session:
         self.held_bytes += len(event.raw)
 
     def _drop_held(self, sub: Subscription) -> list[Event]:
-        held, sub.held = sub.held, []
-        self.held_bytes -= sum(len(e.raw) for e in held)
+        held = sub.held
+        if held:  # mostly nothing is held: no new list, no sum
+            sub.held = []
+            self.held_bytes -= sum(len(e.raw) for e in held)
         return held
 
     # --- NIP-77 negentropy ------------------------------------------------------------
