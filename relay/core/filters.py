@@ -78,6 +78,20 @@ class Filter:
         )
 
 
+def most_results(filters: Iterable[Filter]) -> int | None:
+    """The most stored events a query of `filters` can return (None: no bound): each
+    filter at most its limit and its ids, an event several filters find once."""
+    most = 0
+    for f in filters:
+        bound = f.limit
+        if f.ids is not None and (bound is None or len(f.ids) < bound):
+            bound = len(f.ids)
+        if bound is None:
+            return None
+        most += bound
+    return most
+
+
 def matches_any(filters: Iterable[Filter], event: Event) -> bool:
     return any(f.matches(event) for f in filters)
 

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.core import messages
 from relay.core.event import Event
-from relay.core.filters import Filter
+from relay.core.filters import Filter, most_results
 from relay.core.negentropy import NegentropyError, NegentropyServer
 from relay.core.session import (
     INTERNAL_ERROR,
@@ -243,6 +243,7 @@ class ClientConnection:
         """Stored events page by page, each only once the client has read the last."""
         session = self.session
         pages = self.services.query_pages(filters, self, self.page_bytes)
+        most = most_results(filters)
         found = 0
         reading = 0.0  # seconds spent waiting for the store, not for the client
         try:
@@ -261,6 +262,8 @@ class ClientConnection:
                 self._do(session.query_page(query_id, page))
                 if query_id not in session.queries:
                     return  # its cap was reached: EOSE is sent
+                if most is not None and found >= most:
+                    break  # every filter has sent all it may: no need to ask for more
             self._do(session.query_done(query_id))
         except QueryTimeout:
             self._do(session.query_failed(query_id, QueryFailure.TIMEOUT))
