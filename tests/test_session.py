@@ -571,20 +571,28 @@ def test_dms_need_auth_and_reach_only_their_parties() -> None:
     assert session.live("dm", to_me, private=True) is not None
 
 
-def test_a_filter_without_kinds_leaves_out_exactly_the_private_events() -> None:
+@pytest.mark.parametrize("created_at", [7, 1_700_000_000, 10**15])
+def test_a_filter_without_kinds_leaves_out_exactly_the_private_events(created_at: int) -> None:
     """Kinds that only share digits with a private kind, and content quoting one, are
-    served; kinds 4 and 1059 are not, unauthenticated."""
+    served; every private kind is not, unauthenticated, whatever the length of created_at
+    (where the kind lies in the JSON) and whatever the order of the JSON's keys."""
     session = Session(SessionPolicy(auth=AUTH_ON))
     query = open_sub(session, "s", {"authors": [PUBKEYS[0]]})
-    quoting = orjson.loads(stored(1)[0])
-    quoting["content"] = '"kind":4'
-    public = [*stored(1, kind=40), *stored(1, kind=104), *stored(1, kind=14000)]
-    public.append(orjson.dumps(quoting))
+
+    def event(kind: int, content: str = "", kind_first: bool = False) -> bytes:
+        fields = {"id": f"{kind:064x}", "pubkey": PUBKEYS[0], "created_at": created_at}
+        fields |= {"kind": kind, "tags": [["k", '"kind":4']], "content": content, "sig": SIG}
+        if kind_first:
+            fields = {"kind": fields.pop("kind"), **fields}
+        return orjson.dumps(fields)
+
+    public = [event(40), event(104), event(14000), event(0), event(1, '"kind":4,"a":{"kind":4}')]
+    public.append(event(1, kind_first=True))
     served = [["EVENT", "s", orjson.loads(raw)] for raw in public]
     assert replies(session.query_page(query.query_id, public)) == served
     for kind in sorted(DM_KINDS):
-        page = [*public, *stored(1, kind=kind)]
-        assert replies(session.query_page(query.query_id, page)) == served, kind
+        for private in (event(kind), event(kind, kind_first=True)):
+            assert replies(session.query_page(query.query_id, [*public, private])) == served
 
 
 # --- write policy ---------------------------------------------------------------------

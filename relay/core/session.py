@@ -753,8 +753,7 @@ class Session:
         dm_kinds = self.policy.auth.dm_kinds
         if not auth.could_return_private(filters, dm_kinds):
             return stored
-        # Most pages hold no private event: one regex search per event in C tells.
-        if not any(map(_private_kind_pattern(dm_kinds).search, stored)):
+        if _surely_public(stored, _kind_numbers(dm_kinds)):
             return stored
         readers = self.auth.pubkeys
         return [
@@ -812,12 +811,25 @@ _id_key = operator.itemgetter(slice(7, 23))
 _KIND_FIELD = re.compile(rb'"kind":(\d+)')
 
 
+# Where the kind of stored event JSON lies: core/event.py writes the id, the pubkey and
+# created_at first, so `"kind":` starts 170 to 180 bytes in (created_at of 8 to 18 digits).
+_KIND_WINDOW = operator.itemgetter(slice(160, 200))
+# A whole kind number (no leading zero, then the comma or brace that ends it).
+_WHOLE_KIND = re.compile(rb'"kind":(0|[1-9]\d*)[,}]')
+
+
 @functools.cache
-def _private_kind_pattern(dm_kinds: frozenset[int]) -> re.Pattern[bytes]:
-    """Finds stored event JSON whose kind is one of `dm_kinds`: the event's one `"kind":`
-    key (a quote inside a string is escaped), then one of those numbers and no more digits."""
-    numbers = b"|".join(str(kind).encode() for kind in sorted(dm_kinds))
-    return re.compile(rb'"kind":0*(?:' + numbers + rb")(?!\d)")
+def _kind_numbers(kinds: frozenset[int]) -> frozenset[bytes]:
+    return frozenset(str(kind).encode() for kind in kinds)
+
+
+def _surely_public(stored: list[bytes], private: frozenset[bytes]) -> bool:
+    """Whether no event of a page has a private kind, told from a short window of each in
+    one regex pass (most pages hold none; reading each event's kind costs 0.3 us an event).
+    False when unsure: a window without its event's whole kind (another layout of JSON).
+    A `"kind":` is always the event's own key: inside a string a quote is escaped."""
+    found = _WHOLE_KIND.findall(b"\n".join(map(_KIND_WINDOW, stored)))
+    return len(found) == len(stored) and private.isdisjoint(found)
 
 
 def _kind_of(raw: bytes) -> int:
