@@ -245,7 +245,8 @@ class ClientConnection:
         pages = self.services.query_pages(filters, self, self.page_bytes)
         most = most_results(filters)
         found = 0
-        reading = 0.0  # seconds spent waiting for the store, not for the client
+        # Seconds spent waiting for the store, not for the client; None until it is asked.
+        reading: float | None = None
         try:
             while True:
                 promised = await self._room_for_page()
@@ -253,7 +254,7 @@ class ClientConnection:
                 try:
                     page = await anext(pages, None)
                 finally:
-                    reading += time.perf_counter() - started
+                    reading = (reading or 0.0) + time.perf_counter() - started
                     # No await between this and the page being queued.
                     self.outbox.release(promised)
                 if page is None:
@@ -272,7 +273,8 @@ class ClientConnection:
             self._do(session.query_failed(query_id, QueryFailure.ERROR))
         finally:
             self._queries.pop(query_id, None)
-            self.services.query_finished(filters, found, reading)
+            if reading is not None:  # a query ended before its first read is no query
+                self.services.query_finished(filters, found, reading)
             await pages.aclose()
 
     async def _room_for_page(self) -> int:
