@@ -9,7 +9,7 @@ from coincurve import PrivateKey
 
 from relay.core.errors import Invalid
 from relay.core.event import Event, parse_event
-from relay.core.filters import Filter, matches_any, parse_filter
+from relay.core.filters import Filter, matches_any, most_results, parse_filter
 from tests.nostr import Keys
 
 ALICE = Keys(PrivateKey(bytes.fromhex("01" * 32)))
@@ -52,6 +52,14 @@ def test_parse_all_fields() -> None:
         until=2**63 - 1,
         limit=10,
     )
+
+
+def test_most_results_bounds_each_filter_by_its_limit_and_its_ids() -> None:
+    two_ids = frozenset({"a" * 64, "b" * 64})
+    assert most_results([Filter(limit=5), Filter(ids=two_ids, limit=10)]) == 7
+    assert most_results([Filter(ids=two_ids)]) == 2
+    assert most_results([Filter(ids=two_ids, limit=1), Filter(limit=0)]) == 1
+    assert most_results([Filter(limit=5), Filter()]) is None
 
 
 def test_parse_empty_filter() -> None:

@@ -155,6 +155,25 @@ async def test_limit_is_clamped_to_max_limit(start_relay: RelayFactory, keys: Ke
     await client.close()
 
 
+async def test_limits_and_ids_are_met_over_several_pages(
+    start_relay: RelayFactory, keys: Keys
+) -> None:
+    """A query stops once every filter has sent all it may (its limit, its ids): pages of
+    2 events never end one early, overlapping filters included."""
+    relay = await start_relay(query_page_events=2)
+    client = await Client.connect(url_of(relay))
+    base = int(time.time()) - 100
+    events = [keys.sign(content=str(i), created_at=base + i) for i in range(7)]
+    for event in events:
+        await client.publish(event)
+    newest_first = events[::-1]
+    assert await client.req("a", {"limit": 5}) == newest_first[:5]
+    ids = [e["id"] for e in events[:3]]
+    assert await client.req("b", {"ids": ids, "limit": 10}) == newest_first[4:]
+    assert await client.req("c", {"limit": 5}, {"ids": ids}) == newest_first
+    await client.close()
+
+
 async def test_live_events_until_close(relay: RelayServer, client: Client, keys: Keys) -> None:
     publisher = await Client.connect(url_of(relay))
     assert await client.req("sub", {"kinds": [1]}) == []

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 import relay
-from relay.core.auth import AuthPolicy
+from relay.core.auth import DM_KINDS, AuthPolicy
 from relay.core.errors import ClientError, Invalid, MessageError
 from relay.core.event import Event, event_from_raw
 from relay.core.filters import Filter, parse_filter
@@ -356,6 +356,23 @@ def test_a_held_event_already_sent_as_stored_is_not_sent_again() -> None:
     assert replies(session.query_done(query.query_id)) == [["EOSE", "s"]]
 
 
+def test_held_events_sent_on_any_page_are_not_sent_again() -> None:
+    """The last page is keyed only at EOSE: events of every page, the last one included,
+    are left out of the held-back ones; the others are sent after EOSE."""
+    session = session_with()
+    query = open_sub(session, "s", {"kinds": [1]})
+    first, middle, last, fresh = live_event(1), live_event(2), live_event(3), live_event(4)
+    for event in (first, fresh, middle, last):
+        assert session.live("s", event, private=False) is None
+    session.query_page(query.query_id, [first.raw])
+    session.query_page(query.query_id, [middle.raw])
+    session.query_page(query.query_id, [last.raw])
+    assert replies(session.query_done(query.query_id)) == [
+        ["EOSE", "s"],
+        ["EVENT", "s", fresh.to_dict()],
+    ]
+
+
 def test_a_replaced_req_ends_the_old_query_and_its_pages_are_dropped() -> None:
     session = session_with()
     old = open_sub(session, "s", {"kinds": [1]})
@@ -552,6 +569,30 @@ def test_dms_need_auth_and_reach_only_their_parties() -> None:
     to_me = live_event(5, kind=4, tags=[["p", PUBKEYS[1]]])
     assert session.live("dm", live_event(6, kind=4), private=True) is None
     assert session.live("dm", to_me, private=True) is not None
+
+
+@pytest.mark.parametrize("created_at", [7, 1_700_000_000, 10**15])
+def test_a_filter_without_kinds_leaves_out_exactly_the_private_events(created_at: int) -> None:
+    """Kinds that only share digits with a private kind, and content quoting one, are
+    served; every private kind is not, unauthenticated, whatever the length of created_at
+    (where the kind lies in the JSON) and whatever the order of the JSON's keys."""
+    session = Session(SessionPolicy(auth=AUTH_ON))
+    query = open_sub(session, "s", {"authors": [PUBKEYS[0]]})
+
+    def event(kind: int, content: str = "", kind_first: bool = False) -> bytes:
+        fields = {"id": f"{kind:064x}", "pubkey": PUBKEYS[0], "created_at": created_at}
+        fields |= {"kind": kind, "tags": [["k", '"kind":4']], "content": content, "sig": SIG}
+        if kind_first:
+            fields = {"kind": fields.pop("kind"), **fields}
+        return orjson.dumps(fields)
+
+    public = [event(40), event(104), event(14000), event(0), event(1, '"kind":4,"a":{"kind":4}')]
+    public.append(event(1, kind_first=True))
+    served = [["EVENT", "s", orjson.loads(raw)] for raw in public]
+    assert replies(session.query_page(query.query_id, public)) == served
+    for kind in sorted(DM_KINDS):
+        for private in (event(kind), event(kind, kind_first=True)):
+            assert replies(session.query_page(query.query_id, [*public, private])) == served
 
 
 # --- write policy ---------------------------------------------------------------------

@@ -48,11 +48,19 @@ class Filter:
     @property
     def can_match(self) -> bool:
         """False when the filter provably matches nothing (an empty set, since > until)."""
-        if any(s is not None and not s for s in (self.ids, self.authors, self.kinds)):
+        # Plain tests, no generator: a REQ asks this of each filter several times.
+        ids, authors, kinds = self.ids, self.authors, self.kinds
+        if (
+            (ids is not None and not ids)
+            or (authors is not None and not authors)
+            or (kinds is not None and not kinds)
+        ):
             return False
-        if any(not values for _, values in self.tags):
-            return False
-        return not (self.since is not None and self.until is not None and self.since > self.until)
+        for _, values in self.tags:
+            if not values:
+                return False
+        since, until = self.since, self.until
+        return since is None or until is None or since <= until
 
     def with_limit(self, limit: int | None) -> Filter:
         if limit == self.limit:
@@ -68,6 +76,20 @@ class Filter:
             limit=limit,
             search=self.search,
         )
+
+
+def most_results(filters: Iterable[Filter]) -> int | None:
+    """The most stored events a query of `filters` can return (None: no bound): each
+    filter at most its limit and its ids, an event several filters find once."""
+    most = 0
+    for f in filters:
+        bound = f.limit
+        if f.ids is not None and (bound is None or len(f.ids) < bound):
+            bound = len(f.ids)
+        if bound is None:
+            return None
+        most += bound
+    return most
 
 
 def matches_any(filters: Iterable[Filter], event: Event) -> bool:

@@ -47,26 +47,27 @@ PAST_MARGIN = 3600
 
 # Where an entry is filed; TAG entries sit in the dict of their tag name.
 ID, AUTHOR, KIND, ALL, TAG = range(5)
+# The values a catch-all entry is filed under: the one key None.
+_CATCH_ALL: tuple[None] = (None,)
 
 
 def filed_field(f: Filter) -> tuple[int, str | None, Collection[Any]]:
     """(field, tag name, values) a filter is filed under: the fewest values among ids,
     authors and tags (in that order on a tie), else its kinds, else the catch-all."""
-    best: tuple[int, int, str | None, Collection[Any]] | None = None
-    candidates: list[tuple[int, str | None, Collection[Any]]] = []
+    field: int = ALL
+    name: str | None = None
+    values: Collection[Any] = _CATCH_ALL
     if f.ids is not None:
-        candidates.append((ID, None, f.ids))
-    if f.authors is not None:
-        candidates.append((AUTHOR, None, f.authors))
-    candidates.extend((TAG, name, values) for name, values in f.tags)
-    for field, name, values in candidates:
-        if best is None or len(values) < best[0]:
-            best = (len(values), field, name, values)
-    if best is not None:
-        return best[1], best[2], best[3]
-    if f.kinds is not None:
+        field, values = ID, f.ids
+    authors = f.authors
+    if authors is not None and (field == ALL or len(authors) < len(values)):
+        field, values = AUTHOR, authors
+    for tag, tag_values in f.tags:
+        if field == ALL or len(tag_values) < len(values):
+            field, name, values = TAG, tag, tag_values
+    if field == ALL and f.kinds is not None:
         return KIND, None, f.kinds
-    return ALL, None, (None,)
+    return field, name, values
 
 
 def entries(filters: Iterable[Filter]) -> int:

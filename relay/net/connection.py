@@ -12,15 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.core import messages
 from relay.core.event import Event
-from relay.core.filters import Filter
+from relay.core.filters import Filter, most_results
 from relay.core.negentropy import NegentropyError, NegentropyServer
 from relay.core.session import (
     INTERNAL_ERROR,
@@ -68,6 +68,8 @@ class RelayServices(Protocol):
     def query_pages(
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]: ...
+
+    def query_finished(self, filters: tuple[Filter, ...], found: int, reading: float) -> None: ...
 
     async def count(
         self, filters: tuple[Filter, ...], readers: frozenset[str], owner: object
@@ -165,32 +167,44 @@ class ClientConnection:
     # --- carrying out the session's actions ----------------------------------------------
 
     def _do(self, actions: list[Action]) -> None:
+        # By type in one dict lookup rather than a chain of isinstance checks.
         for action in actions:
-            if isinstance(action, Send):
-                self.outbox.put_many(action.frames)
-            elif isinstance(action, Refused):
-                self.services.refused(action.what, action.reason)
-            elif isinstance(action, Watch):
-                self.services.watch(self, action.sub_id, action.filters)
-            elif isinstance(action, Unwatch):
-                self.services.unwatch(self, action.sub_id)
-            elif isinstance(action, StartQuery):
-                self._queries[action.query_id] = asyncio.create_task(
-                    self._query(action.query_id, action.filters)
-                )
-            elif isinstance(action, StartCount):
-                self._queries[action.query_id] = asyncio.create_task(self._count(action))
-            elif isinstance(action, CancelQuery):
-                self._cancel(action.query_id)
-            elif isinstance(action, Ingest):
-                self.events_received += 1
-                self._start(self._ingest(action.event))
-            elif isinstance(action, Authenticate):
-                self._start(self._authenticate(action.event))
-            elif isinstance(action, OpenNegentropy):
-                self._queries[action.query_id] = asyncio.create_task(self._neg_open(action))
-            elif isinstance(action, Reconcile):
-                self._queries[action.query_id] = asyncio.create_task(self._reconcile(action))
+            _ACTIONS[type(action)](self, action)
+
+    def _send(self, action: Send) -> None:
+        self.outbox.put_many(action.frames)
+
+    def _refused(self, action: Refused) -> None:
+        self.services.refused(action.what, action.reason)
+
+    def _watch(self, action: Watch) -> None:
+        self.services.watch(self, action.sub_id, action.filters)
+
+    def _unwatch(self, action: Unwatch) -> None:
+        self.services.unwatch(self, action.sub_id)
+
+    def _start_query(self, action: StartQuery) -> None:
+        task = asyncio.create_task(self._query(action.query_id, action.filters))
+        self._queries[action.query_id] = task
+
+    def _start_count(self, action: StartCount) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._count(action))
+
+    def _cancel_query(self, action: CancelQuery) -> None:
+        self._cancel(action.query_id)
+
+    def _start_ingest(self, action: Ingest) -> None:
+        self.events_received += 1
+        self._start(self._ingest(action.event))
+
+    def _start_authenticate(self, action: Authenticate) -> None:
+        self._start(self._authenticate(action.event))
+
+    def _open_negentropy(self, action: OpenNegentropy) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._neg_open(action))
+
+    def _start_reconcile(self, action: Reconcile) -> None:
+        self._queries[action.query_id] = asyncio.create_task(self._reconcile(action))
 
     def _start(self, work: Coroutine[None, None, None]) -> None:
         """Run `work` as a task the connection waits for before it ends (and at shutdown)."""
@@ -228,13 +242,29 @@ class ClientConnection:
     async def _query(self, query_id: int, filters: tuple[Filter, ...]) -> None:
         """Stored events page by page, each only once the client has read the last."""
         session = self.session
+        pages = self.services.query_pages(filters, self, self.page_bytes)
+        most = most_results(filters)
+        found = 0
+        # Seconds spent waiting for the store, not for the client; None until it is asked.
+        reading: float | None = None
         try:
-            pages = self.services.query_pages(filters, self, self.page_bytes)
-            async with contextlib.aclosing(pages):
-                while (page := await self._next_page(pages)) is not None:
-                    self._do(session.query_page(query_id, page))
-                    if query_id not in session.queries:
-                        return  # its cap was reached: EOSE is sent
+            while True:
+                promised = await self._room_for_page()
+                started = time.perf_counter()
+                try:
+                    page = await anext(pages, None)
+                finally:
+                    reading = (reading or 0.0) + time.perf_counter() - started
+                    # No await between this and the page being queued.
+                    self.outbox.release(promised)
+                if page is None:
+                    break
+                found += len(page)
+                self._do(session.query_page(query_id, page))
+                if query_id not in session.queries:
+                    return  # its cap was reached: EOSE is sent
+                if most is not None and found >= most:
+                    break  # every filter has sent all it may: no need to ask for more
             self._do(session.query_done(query_id))
         except QueryTimeout:
             self._do(session.query_failed(query_id, QueryFailure.TIMEOUT))
@@ -243,19 +273,18 @@ class ClientConnection:
             self._do(session.query_failed(query_id, QueryFailure.ERROR))
         finally:
             self._queries.pop(query_id, None)
+            if reading is not None:  # a query ended before its first read is no query
+                self.services.query_finished(filters, found, reading)
+            await pages.aclose()
 
-    async def _next_page(self, pages: AsyncGenerator[list[bytes], None]) -> list[bytes] | None:
+    async def _room_for_page(self) -> int:
         """Backpressure: a page is read only once the client's outbox has room for it and
         the results queued on the whole relay are below their budget, so a client that
         reads is never dropped for the size of its results, one that does not holds at
-        most a page per query, and other connections' queries go first meanwhile."""
+        most a page per query, and other connections' queries go first meanwhile.
+        Returns the room promised, to release once the page is queued."""
         await self.services.outbox_meter.wait_below(self.max_result_bytes)
-        promised = await self.outbox.reserve(self.page_reserve)
-        try:
-            return await anext(pages, None)
-        finally:
-            # No await between this and the page being queued.
-            self.outbox.release(promised)
+        return await self.outbox.reserve(self.page_reserve)
 
     async def _count(self, action: StartCount) -> None:
         session = self.session
@@ -337,3 +366,19 @@ def _open_and_answer(
 ) -> tuple[NegentropyServer, bytes]:
     server = services.negentropy_server(items)
     return server, server.answer(message)
+
+
+# ClientConnection._do: how each kind of the session's actions is carried out.
+_ACTIONS: dict[type, Callable[[ClientConnection, Any], None]] = {
+    Send: ClientConnection._send,
+    Refused: ClientConnection._refused,
+    Watch: ClientConnection._watch,
+    Unwatch: ClientConnection._unwatch,
+    StartQuery: ClientConnection._start_query,
+    StartCount: ClientConnection._start_count,
+    CancelQuery: ClientConnection._cancel_query,
+    Ingest: ClientConnection._start_ingest,
+    Authenticate: ClientConnection._start_authenticate,
+    OpenNegentropy: ClientConnection._open_negentropy,
+    Reconcile: ClientConnection._start_reconcile,
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence, Set
@@ -346,33 +345,26 @@ class RelayServer:
             self.broadcast(event)
         return outcome.accepted, outcome.reason
 
-    async def query_pages(
+    def query_pages(
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]:
         """Stored matches page by page, each page read in `owner`'s fair turn for a reader
-        and only when asked for (the session caps the REQ as a whole)."""
-        pages = self.store.query_pages(
+        and only when asked for (the session caps the REQ as a whole). The store's own
+        generator: the caller times its waits for pages and reports them to query_finished
+        (one generator layer a page, not two)."""
+        return self.store.query_pages(
             filters,
             int(time.time()),
             owner=owner,
             page_events=self.settings.query_page_events,
             page_bytes=page_bytes,
         )
-        found = 0
-        reading = 0.0  # time spent waiting for the store, not for the client
-        try:
-            async with contextlib.aclosing(pages):
-                while True:
-                    started = time.perf_counter()
-                    page = await anext(pages, None)
-                    reading += time.perf_counter() - started
-                    if page is None:
-                        break
-                    found += len(page)
-                    yield page
-        finally:
-            cap = self.settings.max_req_results
-            self.metrics.query_done(reading, limit_hit(filters, found, cap))
+
+    def query_finished(self, filters: tuple[Filter, ...], found: int, reading: float) -> None:
+        """A REQ's stored part ended (done, capped, failed or cancelled): `found` events
+        read in `reading` seconds spent waiting for the store, not for the client."""
+        cap = self.settings.max_req_results
+        self.metrics.query_done(reading, limit_hit(filters, found, cap))
 
     async def negentropy_items(
         self, filter: Filter, readers: frozenset[str], owner: object
