@@ -356,9 +356,10 @@ def test_a_held_event_already_sent_as_stored_is_not_sent_again() -> None:
     assert replies(session.query_done(query.query_id)) == [["EOSE", "s"]]
 
 
-def test_held_events_sent_on_any_page_are_not_sent_again() -> None:
-    """The last page is keyed only at EOSE: events of every page, the last one included,
-    are left out of the held-back ones; the others are sent after EOSE."""
+@pytest.mark.parametrize("marked_last", [False, True])
+def test_held_events_sent_on_any_page_are_not_sent_again(marked_last: bool) -> None:
+    """Events of every page, the last one included (keyed only at EOSE when the driver
+    marks it last), are left out of the held-back ones; the others are sent after EOSE."""
     session = session_with()
     query = open_sub(session, "s", {"kinds": [1]})
     first, middle, last, fresh = live_event(1), live_event(2), live_event(3), live_event(4)
@@ -366,11 +367,23 @@ def test_held_events_sent_on_any_page_are_not_sent_again() -> None:
         assert session.live("s", event, private=False) is None
     session.query_page(query.query_id, [first.raw])
     session.query_page(query.query_id, [middle.raw])
-    session.query_page(query.query_id, [last.raw])
+    session.query_page(query.query_id, [last.raw], marked_last)
     assert replies(session.query_done(query.query_id)) == [
         ["EOSE", "s"],
         ["EVENT", "s", fresh.to_dict()],
     ]
+
+
+def test_pages_before_the_last_keep_only_their_keys() -> None:
+    """Only the last page may wait to be keyed: an earlier page's raw JSON is not kept
+    while the query waits for the client to read (memory a page per query)."""
+    session = session_with()
+    query = open_sub(session, "s", {"kinds": [1]})
+    page = [live_event(1).raw]
+    session.query_page(query.query_id, page)
+    sub = session.subscriptions["s"]
+    assert sub.unkeyed == []
+    assert len(sub.sent_ids) == 1
 
 
 def test_a_replaced_req_ends_the_old_query_and_its_pages_are_dropped() -> None:

@@ -232,9 +232,10 @@ class Subscription:
     # Live events held back until EOSE (only while querying).
     held: list[Event] = field(default_factory=list)
     held_overflow: bool = False
-    # Keys (_id_key) of the stored events sent, so a held event is not sent twice; the
-    # last page's events are keyed only when another page comes or an event is held, so
-    # a REQ answered in one page with nothing held back keys none.
+    # Keys (_id_key) of the stored events sent, so a held event is not sent twice. The
+    # last page (query_done follows in the same turn) waits in `unkeyed` and is keyed only
+    # if an event is held back, so a REQ answered in one page keys none; earlier pages are
+    # keyed at once, so no page's raw JSON outlives its turn.
     sent_ids: set[bytes] = field(default_factory=set)
     unkeyed: list[bytes] = field(default_factory=list)
     sent: int = 0
@@ -511,8 +512,9 @@ class Session:
         sub = self.subscriptions.get(query.sub_id)
         return sub if sub is not None and sub.query_id == query_id else None
 
-    def query_page(self, query_id: int, raws: list[bytes]) -> list[Action]:
-        """A page of stored events, newest first; a query past its cap is cancelled."""
+    def query_page(self, query_id: int, raws: list[bytes], last: bool = False) -> list[Action]:
+        """A page of stored events, newest first; a query past its cap is cancelled.
+        `last`: the caller calls query_done next, with no await between."""
         sub = self._live_query(query_id)
         if sub is None:
             return []
@@ -521,9 +523,10 @@ class Session:
         sub.sent += len(taken)
         full = sub.sent >= self.limits.max_req_results
         raws = self._readable(sub.filters, taken)
-        if sub.unkeyed:
-            sub.sent_ids.update(map(_id_key, sub.unkeyed))
-        sub.unkeyed = raws
+        if last or full:
+            sub.unkeyed = raws  # keyed by query_done, and only if an event is held back
+        else:
+            sub.sent_ids.update(map(_id_key, raws))
         actions: list[Action] = []
         if raws:
             head = b'["EVENT",' + sub.sub_id_json + b","

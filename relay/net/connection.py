@@ -260,11 +260,13 @@ class ClientConnection:
                 if page is None:
                     break
                 found += len(page)
-                self._do(session.query_page(query_id, page))
+                # Every filter has sent all it may: no need to ask the store for more.
+                last = most is not None and found >= most
+                self._do(session.query_page(query_id, page, last))
                 if query_id not in session.queries:
                     return  # its cap was reached: EOSE is sent
-                if most is not None and found >= most:
-                    break  # every filter has sent all it may: no need to ask for more
+                if last:
+                    break
             self._do(session.query_done(query_id))
         except QueryTimeout:
             self._do(session.query_failed(query_id, QueryFailure.TIMEOUT))
