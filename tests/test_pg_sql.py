@@ -24,6 +24,16 @@ def test_a_plain_filter_reads_newest_first_ties_by_id_up_to_its_limit() -> None:
     assert params == [NOW, 1, 5]
 
 
+def test_several_kinds_with_a_limit_are_read_one_kind_at_a_time() -> None:
+    sql, params = pg_sql.select_events([parse_filter({"kinds": [7, 1], "limit": 5})], NOW)
+    # Each kind on events_by_kind newest first up to the limit, then the rows merged.
+    assert sql.count("e.kind = $") == 2
+    assert "ANY(" not in sql
+    assert sql.count("ORDER BY e.created_at DESC, e.id LIMIT $") == 2
+    assert sql.endswith("ORDER BY k.created_at DESC, k.id LIMIT $7")
+    assert params == [NOW, 1, 5, NOW, 7, 5, 5]
+
+
 def test_one_value_is_an_equality_several_are_one_array() -> None:
     one, _ = pg_sql.select_events([parse_filter({"authors": [A]})], NOW)
     several, params = pg_sql.select_events([parse_filter({"authors": [B, A]})], NOW)

@@ -14,6 +14,7 @@ import pytest
 
 from relay.core.filters import parse_filter
 from relay.store import sql
+from relay.store.plans import MAX_KINDS_APART, kinds_read_apart
 from relay.store.sqlite import load_schema
 
 AUTHOR = "a" * 64
@@ -55,3 +56,29 @@ def test_each_shape_searches_its_index(filter_json: dict[str, Any], index: str) 
 def test_authors_with_kinds_do_not_walk_the_kind_index() -> None:
     authors = [f"{n:064x}" for n in range(10)]
     assert "events_by_kind" not in plan({"authors": authors, "kinds": [1], "limit": 500})
+
+
+@pytest.mark.parametrize("columns", [sql.ROW_WITH_SEQ, sql.ROW_WITH_RAW, sql.RAW_ONLY])
+@pytest.mark.parametrize("after", [None, (1_700_000_000, b"\x01" * 32)])
+def test_several_kinds_with_a_limit_walk_the_kind_index_once_per_kind(
+    columns: str, after: sql.Key | None
+) -> None:
+    """Not every event of those kinds sorted: each kind newest first up to the limit (the
+    sort left is the id tie-break within a second), then the few rows merged."""
+    f = parse_filter({"kinds": [1, 6, 7], "limit": 100})
+    found = explain(sql.select_page(f, int(time.time()), after, 100, columns))
+    assert found.count("USING INDEX events_by_kind") == 3
+    assert found.count("USE TEMP B-TREE FOR RIGHT PART OF ORDER BY") == 3
+
+
+def test_which_filters_are_read_one_kind_at_a_time() -> None:
+    def apart(filter_json: dict[str, Any]) -> list[int] | None:
+        return kinds_read_apart(parse_filter(filter_json))
+
+    assert apart({"kinds": [7, 1], "limit": 100}) == [1, 7]
+    assert apart({"kinds": [7, 1], "limit": 100, "since": 5, "until": 9}) == [1, 7]
+    assert apart({"kinds": [1], "limit": 100}) is None  # one walk already
+    assert apart({"kinds": [1, 7]}) is None  # no limit: everything is read anyway
+    assert apart({"kinds": [1, 7], "authors": [AUTHOR], "limit": 9}) is None
+    assert apart({"kinds": [1, 7], "#e": [EVENT], "limit": 9}) is None
+    assert apart({"kinds": list(range(MAX_KINDS_APART + 1)), "limit": 9}) is None

@@ -114,6 +114,9 @@ MANY_FILTERS: list[list[dict[str, Any]]] = [
     [{"authors": [KEYS[0].pubkey, KEYS[1].pubkey], "limit": 45}, {"#t": ["x"], "limit": 20}],
     [{"#t": ["x", "y"], "limit": 50}, {"kinds": [7], "limit": 25}, {"kinds": [1, 7]}],
     [{"#t": [v]} for v in "xyz"] + [{"authors": [k.pubkey], "limit": 11} for k in KEYS],
+    # Several kinds with a limit: read one kind at a time and merged (store/plans.py).
+    [{"kinds": [1, 7], "limit": 40}],
+    [{"kinds": [7, 1], "limit": 60, "since": NOW - 3}, {"kinds": [1], "limit": 9}],
 ]
 
 
