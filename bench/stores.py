@@ -194,4 +194,9 @@ def query_shapes(samples: dict[str, Any], count: int) -> dict[str, list[dict[str
             {"kinds": [1], "#t": [rng.choice(HASHTAGS)], "limit": 100} for _ in range(count)
         ],
         "kind 1 in 1-hour window": [window() for _ in range(count)],
+        # A feed of notes, reposts and reactions scrolled back to some point in time.
+        "kinds 1, 6, 7 latest 100 until a time": [
+            {"kinds": [1, 6, 7], "until": until, "limit": 100}
+            for until in (shape["start"] + rng.randrange(shape["span"]) for _ in range(count))
+        ],
     }
