@@ -47,14 +47,16 @@ BEGIN
     -- After the locks, so that a ban either waits for this batch's commit (and erases
     -- what it stored) or committed before these reads, which then see it.
     LOCK TABLE moderation IN ROW SHARE MODE;
-    banned_ids := array(SELECT key FROM moderation WHERE list = 'banned_events'
-        AND key = ANY(array(SELECT encode(x, 'hex') FROM unnest(ids) AS x)));
-    banned_pks := array(SELECT key FROM moderation WHERE list = 'banned_pubkeys'
-        AND key = ANY(array(SELECT DISTINCT encode(x, 'hex') FROM unnest(pubkeys) AS x)));
+    -- One probe of the primary key per event id and per pubkey (a join: an `= ANY` of
+    -- the batch's keys sorts them first, twice as slow).
+    banned_ids := array(SELECT m.key FROM unnest(ids) AS x JOIN moderation m
+        ON m.list = 'banned_events' AND m.key = encode(x, 'hex'));
+    banned_pks := array(SELECT m.key FROM unnest(pubkeys) AS x JOIN moderation m
+        ON m.list = 'banned_pubkeys' AND m.key = encode(x, 'hex'));
     allowlist := EXISTS (SELECT 1 FROM moderation WHERE list = 'allowed_pubkeys');
     IF allowlist THEN
-        allowed_pks := array(SELECT key FROM moderation WHERE list = 'allowed_pubkeys'
-            AND key = ANY(array(SELECT DISTINCT encode(x, 'hex') FROM unnest(pubkeys) AS x)));
+        allowed_pks := array(SELECT m.key FROM unnest(pubkeys) AS x JOIN moderation m
+            ON m.list = 'allowed_pubkeys' AND m.key = encode(x, 'hex'));
     END IF;
     FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
         IF i > 1 THEN
