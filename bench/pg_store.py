@@ -1,12 +1,15 @@
 """Store-level durable ingest on PostgreSQL beside SQLite, without the network in front.
 
     python -m bench.pg_store [--events 20000] [--batch 150] [--runs 3] [--url URL]
+                             [--banned 0]
 
 Saves the same pre-signed kind-1 notes through each store's own save_many, in batches of
 `--batch` with two in flight (as the relay's writer does), on an empty database: SQLite as
 the relay runs it by default (write process, synchronous FULL), PostgreSQL
 (relay/store/postgres.py, synchronous_commit on) in a fresh schema of the database at
 --url (default: the tests' server). No WebSocket, no parsing, no signature checks.
+`--banned N` puts N banned pubkeys and N banned event ids (none of the saved events') in
+the NIP-86 moderation table first, which every PostgreSQL batch reads (postgres_v3.sql).
 
 CPU per event: the relay process's own (for SQLite without its write process, which does
 the SQLite work), and PostgreSQL's writer backend's, read from /proc (the server on this
@@ -75,7 +78,22 @@ async def run_sqlite(events: Sequence[Event], batch: int) -> tuple[float, float,
     return len(events) / seconds, cpu / len(events) * 1e6, float("nan")
 
 
-async def run_postgres(url: str, events: Sequence[Event], batch: int) -> tuple[float, float, float]:
+async def ban_strangers(store: PostgresStore, banned: int) -> None:
+    """`banned` random pubkeys and as many event ids in the moderation table."""
+    rows = [
+        (table, os.urandom(32).hex())
+        for table in ("banned_pubkeys", "banned_events")
+        for _ in range(banned)
+    ]
+    await store._write(
+        lambda conn: conn.executemany("INSERT INTO moderation (list, key) VALUES ($1, $2)", rows)
+    )
+    await store._write(lambda conn: conn.execute("ANALYZE moderation"))
+
+
+async def run_postgres(
+    url: str, events: Sequence[Event], batch: int, banned: int = 0
+) -> tuple[float, float, float]:
     schema = f"relay_bench_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f"CREATE SCHEMA {schema}")
@@ -83,6 +101,8 @@ async def run_postgres(url: str, events: Sequence[Event], batch: int) -> tuple[f
     store = PostgresStore(f"{url}{separator}search_path={schema}", readers=1, search=False)
     try:
         await store.open()
+        if banned:
+            await ban_strangers(store, banned)
         backend = await store._write(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
         cpu, server_cpu = time.process_time(), process_cpu(backend)
         seconds = await ingest(store, events, batch)
@@ -112,13 +132,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=150, help="events per commit")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--url", default=DEFAULT_URL, help="a PostgreSQL database to use")
+    parser.add_argument(
+        "--banned", type=int, default=0, help="banned pubkeys and event ids in the table"
+    )
     args = parser.parse_args()
     events = [event_from_raw(raw) for raw in ingest_events(100_000, 2)[: args.events]]
     results: dict[str, list[tuple[float, float, float]]] = {"sqlite": [], "postgres": []}
     for _ in range(args.runs):
         # Alternated, so that whatever else loads the machine falls on both.
         results["sqlite"].append(asyncio.run(run_sqlite(events, args.batch)))
-        results["postgres"].append(asyncio.run(run_postgres(args.url, events, args.batch)))
+        results["postgres"].append(
+            asyncio.run(run_postgres(args.url, events, args.batch, args.banned))
+        )
         for name, runs in results.items():
             print(f"  {name}: {describe(*runs[-1])}")
     print(

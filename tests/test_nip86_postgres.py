@@ -144,3 +144,30 @@ async def test_a_follower_reloads_what_changed_while_its_connection_was_down(
     # And it listens again: a change made elsewhere afterwards arrives too.
     await PostgresModeration(url).apply(Change("banned_pubkeys", heard, "later"))
     await wait_for(lambda: heard in relay.moderation.banned_pubkeys, timeout=10)
+
+
+async def test_an_instance_that_has_not_heard_of_a_ban_still_refuses_the_pubkey(
+    start_relay: RelayFactory,
+) -> None:
+    """The database checks every save (postgres_v3.sql): the ban holds on an instance
+    whose own state does not know it yet, here one that stopped listening."""
+    admin = PrivateKey()
+    first, second = await pair(start_relay, admin)
+    follower = second.moderation_store
+    assert isinstance(follower, PostgresModeration)
+    await follower.close()
+    spammer, other = Keys(), Keys()
+    watcher = await Client.connect(url_of(first))
+    try:
+        await watcher.req("live", {"authors": [spammer.pubkey, other.pubkey]})
+        assert await rpc(first, admin, "banpubkey", spammer.pubkey, "spam") is True
+        assert spammer.pubkey not in second.moderation.banned_pubkeys
+        reply = await publish(second, spammer.sign(content="more spam"))
+        assert reply[2:] == [False, "blocked: this pubkey is banned here"]
+        assert await stored_ids(second, authors=[spammer.pubkey]) == []
+        # Live events arrive in commit order: the spam, had it been stored, came first.
+        marker = other.sign(content="after the spam")
+        assert (await publish(second, marker))[2] is True
+        assert await watcher.recv() == ["EVENT", "live", marker]
+    finally:
+        await watcher.close()

@@ -68,7 +68,7 @@ async def test_first_start_creates_the_schema_and_records_its_version(url: str) 
 
 
 async def test_a_version_1_database_is_migrated_keeping_its_events(url: str) -> None:
-    """A database a relay of schema version 1 made gets version 2 (the moderation table)."""
+    """A database a relay of schema version 1 made gets every later version."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
@@ -90,8 +90,38 @@ async def test_a_version_1_database_is_migrated_keeping_its_events(url: str) -> 
         assert await old.query([Filter()], NOW) == [kept.raw]
     finally:
         await old.close()
-    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == [1, 2]
+    every_version = list(range(1, SCHEMA_VERSION + 1))
+    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == every_version
     assert await fetch(url, "SELECT count(*) FROM moderation") == 0
+
+
+async def test_a_version_2_database_gets_saves_that_apply_its_bans(url: str) -> None:
+    """Version 3 replaces relay_save_batch: the bans already in the table now hold in the
+    database too, and what version 2 stored stays."""
+    spammer = Keys()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        for version in (1, 2):
+            await conn.execute(load_migration(version))
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+        await conn.execute(
+            "INSERT INTO moderation VALUES ('banned_pubkeys', $1, 'spam')", spammer.pubkey
+        )
+        # Version 2's function stores a banned pubkey's event (only the relay checked).
+        slipped = note(spammer, "stored by version 2")
+        args = pg_batch.batch_args([slipped], with_search=True).as_tuple()
+        assert await conn.fetchval(SAVE_BATCH, *args) == [0]
+    finally:
+        await conn.close()
+    store = PostgresStore(url, readers=1)
+    await store.open()
+    try:
+        assert await store.save_many([note(spammer, "after")], NOW) == [SaveOutcome.BANNED_PUBKEY]
+        assert await store.query([Filter()], NOW) == [slipped.raw]
+    finally:
+        await store.close()
+    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == [1, 2, 3]
 
 
 async def test_a_newer_schema_is_refused(url: str) -> None:

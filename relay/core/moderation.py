@@ -20,6 +20,11 @@ HTTP_AUTH_KIND = 27235
 # NIP-98: "a reasonable time window (suggestion 60 seconds)".
 AUTH_WINDOW_SECONDS = 60
 MAX_TEXT = 1000
+# Refusals of check(); the PostgreSQL store gives the same ones when its own check in the
+# database catches what this instance had not heard of yet (store/base.py SaveOutcome).
+EVENT_BANNED = "this event is banned here"
+PUBKEY_BANNED = "this pubkey is banned here"
+PUBKEY_NOT_ALLOWED = "only allowed pubkeys may publish here"
 
 
 class RpcError(Exception):
@@ -54,11 +59,11 @@ class ModerationState:
     def check(self, event: Event) -> None:
         """Refuse an event a moderator ruled out: raises Blocked or Restricted."""
         if event.id in self.banned_events:
-            raise Blocked("this event is banned here")
+            raise Blocked(EVENT_BANNED)
         if event.pubkey in self.banned_pubkeys:
-            raise Blocked("this pubkey is banned here")
+            raise Blocked(PUBKEY_BANNED)
         if self.allowed_pubkeys and event.pubkey not in self.allowed_pubkeys:
-            raise Restricted("only allowed pubkeys may publish here")
+            raise Restricted(PUBKEY_NOT_ALLOWED)
         if self.allowed_kinds and event.kind not in self.allowed_kinds:
             raise Restricted(f"kind {event.kind} is not accepted here")
 

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+from relay.core.errors import Blocked, Restricted
 from relay.core.event import Event
 from relay.core.filters import Filter
+from relay.core.moderation import EVENT_BANNED, PUBKEY_BANNED, PUBKEY_NOT_ALLOWED
 
 # Default bounds of one page of query_pages: events, and bytes of raw JSON (a page ends
 # after the event that crosses it). A page is one slice on a reader: large enough that
@@ -66,6 +68,11 @@ class SaveOutcome(Enum):
     DELETED = (False, "blocked: this event was deleted by its author")
     # NIP-62: covered by a request to vanish (its author's, or a gift wrap to that author).
     VANISHED = (False, "blocked: erased by a request to vanish")
+    # NIP-86, caught by the store itself (PostgreSQL: a ban another instance made that
+    # this one had not heard of yet); the same answers as ModerationState.check's.
+    BANNED_EVENT = (False, Blocked(EVENT_BANNED).reason)
+    BANNED_PUBKEY = (False, Blocked(PUBKEY_BANNED).reason)
+    NOT_ALLOWED = (False, Restricted(PUBKEY_NOT_ALLOWED).reason)
 
     @property
     def accepted(self) -> bool:

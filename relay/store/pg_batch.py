@@ -25,6 +25,9 @@ OUTCOMES = (
     SaveOutcome.STALE,
     SaveOutcome.DELETED,
     SaveOutcome.VANISHED,
+    SaveOutcome.BANNED_EVENT,
+    SaveOutcome.BANNED_PUBKEY,
+    SaveOutcome.NOT_ALLOWED,
 )
 # A search word longer than a query may be (core/search.py) can never be asked for.
 MAX_WORD_CHARS = search.MAX_QUERY_LENGTH

@@ -6,11 +6,13 @@ row written or removed, a ban's stored events erased (their tags with them; the 
 words live in the event's row and go with it), and a NOTIFY carrying the change, which
 PostgreSQL delivers to the other instances only once the transaction has committed.
 
-A pubkey ban first takes that pubkey's advisory lock, the one every batch saving its
-events holds until its commit (store/postgres.py): a batch already holding it commits
-first and its events are erased by the ban. Another instance refuses the pubkey's events
-once it has heard of the ban, a few milliseconds later; an event it checked before that
-and commits after the ban stays stored (`banpubkey` again erases it).
+Every batch reads the moderation table itself, in the database, after taking its
+pubkeys' advisory locks and ROW SHARE on the table (relay_save_batch, postgres_v3.sql),
+so an instance that has not heard of a ban yet (its NOTIFY arrives a few milliseconds
+later) still refuses what it bans. A pubkey ban first takes that pubkey's advisory lock;
+an event ban or an allowlist entry takes EXCLUSIVE on the table (plain reads go on). So a
+batch either commits before the change, whose erasure then removes what it stored, or
+reads the table after the change committed and refuses the events it rules out.
 
 Each instance LISTENs on the moderation channel of its schema and applies what the others
 changed. On every (re)connection it loads the whole table again, so changes made while
@@ -39,6 +41,9 @@ CHANNEL_PREFIX = "pyrelaymod_"
 
 ERASE_BY_PUBKEY = "SELECT seq FROM events WHERE pubkey = $1 FOR UPDATE"
 ERASE_BY_ID = "SELECT seq FROM events WHERE id = $1 FOR UPDATE"
+# Additions that refuse events of any pubkey: they wait for the batches in flight (which
+# hold ROW SHARE on the table) and hold back new ones until they commit.
+WAITS_FOR_EVERY_BATCH = ("banned_events", "allowed_pubkeys")
 
 Apply = Callable[[Change], None]
 Reload = Callable[[ModerationState], None]
@@ -160,6 +165,8 @@ async def _write(conn: asyncpg.Connection, change: Change) -> int:
         await conn.execute(
             "SELECT pg_advisory_xact_lock($1)", pg_batch.lock_key(change.purge_pubkey)
         )
+    elif change.added and change.table in WAITS_FOR_EVERY_BATCH:
+        await conn.execute("LOCK TABLE moderation IN EXCLUSIVE MODE")
     if change.added:
         await conn.execute(
             "INSERT INTO moderation (list, key, reason) VALUES ($1, $2, $3)"

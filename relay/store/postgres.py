@@ -5,9 +5,10 @@ a pool of `readers` connections answers queries; both come back by themselves wh
 server restarts (asyncpg's pools reconnect on the next acquire).
 
 Writes. A batch from the writer is one call of the server-side function relay_save_batch
-(postgres_v1.sql) inside one transaction: one round trip applies every event in order,
-with the rules of store/memory.py, and the outcomes are returned once COMMIT has
-returned (synchronous_commit is forced on for the writer connection).
+(postgres_v1.sql; postgres_v3.sql's also applies the NIP-86 moderation table) inside one
+transaction: one round trip applies every event in order, with the rules of
+store/memory.py, and the outcomes are returned once COMMIT has returned
+(synchronous_commit is forced on for the writer connection).
 
 Several writers at once. Every rule of the store is about one pubkey: an address is
 (kind, pubkey, d); a deletion or a request to vanish erases only its author's events
@@ -80,8 +81,8 @@ T = TypeVar("T")
 # Every connection of the store comes from one of its two pools.
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
-# 2: the NIP-86 moderation table (postgres_v2.sql).
-SCHEMA_VERSION = 2
+# 2: the NIP-86 moderation table (postgres_v2.sql); 3: relay_save_batch applies it.
+SCHEMA_VERSION = 3
 # Advisory lock key for migrations (b"pyrelay!"); pubkey keys collide with it only by
 # chance, which would merely make a start wait for a batch.
 MIGRATION_LOCK = int.from_bytes(b"pyrelay!", "big", signed=True)
