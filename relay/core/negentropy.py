@@ -48,6 +48,16 @@ MIN_FRAME_SIZE_LIMIT = 4096
 # Room kept free under the limit for the closing fingerprint of what was left out.
 FRAME_SLACK = 200
 _MASK = (1 << 256) - 1
+# Bounds on an initiator's exchange (NegentropyClient.check_bounds). Rounds: a few per level
+# of 16-way splitting of our set, plus the frames that the ids reported so far may take
+# (an honest exchange moves about 400 bytes both ways per id found; this allows more), the
+# frames counted at FRAME_WHEN_UNLIMITED bytes when there is no limit.
+BASE_ROUNDS = 16
+ROUNDS_PER_LEVEL = 4
+BYTES_PER_REPORTED_ID = 1024
+FRAME_WHEN_UNLIMITED = 1 << 20
+# Ids the peer may say it holds and we lack when the caller gives no bound of its own.
+DEFAULT_MAX_PEER_ITEMS = 10_000_000
 # The modes encoded as varints (each one byte), written for every range.
 _SKIP = b"\x00"
 _FINGERPRINT = b"\x01"
@@ -56,6 +66,10 @@ _ID_LIST = b"\x02"
 
 class NegentropyError(ValueError):
     """A malformed or unusable negentropy message (the answer is NEG-ERR)."""
+
+
+class ReconciliationBoundError(NegentropyError):
+    """The peer keeps the exchange going past what any honest peer would need."""
 
 
 class Mode(IntEnum):
@@ -566,9 +580,41 @@ class NegentropyClient(_Reconciler):
     """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done.
     Each id is reported once, in have or in need, over the whole exchange."""
 
-    def __init__(self, storage: Storage, frame_size_limit: int = 0) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        frame_size_limit: int = 0,
+        max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
+    ) -> None:
         super().__init__(storage, frame_size_limit)
         self._reported: set[bytes] = set()
+        self.max_peer_items = max_peer_items
+        self.rounds = 0
+        self.needed = 0
+
+    def max_rounds(self) -> int:
+        """The replies an honest peer needs, at most, given the ids reported so far."""
+        levels = 1
+        span = BUCKETS
+        while span <= len(self.storage):
+            span *= BUCKETS
+            levels += 1
+        frame = self.frame_size_limit or FRAME_WHEN_UNLIMITED
+        extra = len(self._reported) * BYTES_PER_REPORTED_ID // frame
+        return BASE_ROUNDS + ROUNDS_PER_LEVEL * levels + extra
+
+    def _check_bounds(self, new_need: int) -> None:
+        """A peer may not keep us reconciling forever, nor make up ids without end: need
+        holds at most the items the peer may hold (have is bounded by our own set)."""
+        if self.needed + new_need > self.max_peer_items:
+            raise ReconciliationBoundError(
+                f"the peer reports more than {self.max_peer_items:,} ids we lack"
+            )
+        if self.rounds > self.max_rounds():
+            raise ReconciliationBoundError(
+                f"no agreement after {self.rounds} rounds, more than an honest peer needs"
+                f" for {len(self.storage):,} items and {len(self._reported):,} ids found"
+            )
 
     def _buckets(self, count: int) -> int:
         """Buckets that make the other side's splits land where we refine, not on id lists.
@@ -598,12 +644,15 @@ class NegentropyClient(_Reconciler):
         version, ranges = open_message(reply)
         if version != PROTOCOL_VERSION:
             raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
+        self.rounds += 1
         state = self._reconcile(ranges, initiator=True)
         out = bytes(state.writer.out)
         # A reply cut by the frame limit ends in one fingerprint over everything after
         # the cut, ranges we had settled included: their ids can come round again.
         have = [i for i in state.have if i not in self._reported]
         need = [i for i in state.need if i not in self._reported]
+        self._check_bounds(len(need))
+        self.needed += len(need)
         self._reported.update(have)
         self._reported.update(need)
         return (out if len(out) > 1 else None), have, need

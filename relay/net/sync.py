@@ -29,9 +29,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from relay.core import canonical
 from relay.core.filters import Filter, parse_filter
 from relay.core.negentropy import (
+    DEFAULT_MAX_PEER_ITEMS,
     MIN_FRAME_SIZE_LIMIT,
     NegentropyClient,
     NegentropyError,
+    ReconciliationBoundError,
     Storage,
     whole_set_message,
 )
@@ -313,6 +315,7 @@ async def reconcile(
     items: list[tuple[int, bytes]],
     frame_limit: int,
     answer_seconds: float = NEG_ANSWER_SECONDS,
+    max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
 ) -> tuple[list[bytes], list[bytes]]:
     """NIP-77 as the initiator: (ids we have and the peer lacks, ids the peer has and we lack).
 
@@ -329,7 +332,9 @@ async def reconcile(
         building = asyncio.create_task(asyncio.to_thread(Storage, items))
     else:
         with stats.timed("fingerprints"):
-            client = NegentropyClient(await asyncio.to_thread(Storage, items), frame_limit)
+            client = NegentropyClient(
+                await asyncio.to_thread(Storage, items), frame_limit, max_peer_items
+            )
         first = client.initiate()
     sub_id = "sync-neg"
     have: list[bytes] = []
@@ -339,7 +344,7 @@ async def reconcile(
         message = await _neg_reply(peer, sub_id, answer_seconds, first=True)
         if building is not None:
             with stats.timed("fingerprints (waited for)"):
-                client = NegentropyClient(await building, frame_limit)
+                client = NegentropyClient(await building, frame_limit, max_peer_items)
     finally:
         if building is not None and client is None:
             building.cancel()
@@ -348,6 +353,9 @@ async def reconcile(
         stats.rounds += 1
         try:
             following, got_have, got_need = client.reconcile(message)
+        except ReconciliationBoundError as error:
+            await peer.send(["NEG-CLOSE", sub_id])
+            raise SyncError(f"reconciliation stopped: {error}") from None
         except NegentropyError as error:
             await peer.send(["NEG-CLOSE", sub_id])
             raise SyncError(f"the peer's NEG-MSG is malformed: {error}") from None
@@ -480,8 +488,10 @@ async def sync(
     err: TextIO | None = sys.stderr,
     answer_seconds: float = NEG_ANSWER_SECONDS,
     stats: SyncStats | None = None,
+    max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
 ) -> SyncStats:
-    """Reconcile with the peer at `url` and transfer what `direction` asks for."""
+    """Reconcile with the peer at `url` and transfer what `direction` asks for; the peer
+    may report at most `max_peer_items` ids we lack (a bound on a misbehaving one)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
     stats = stats or SyncStats()
@@ -495,7 +505,7 @@ async def sync(
         try:
             with stats.timed("reconcile"):
                 have, need = await reconcile(
-                    peer, filter_obj, items, limits.frame_limit, answer_seconds
+                    peer, filter_obj, items, limits.frame_limit, answer_seconds, max_peer_items
                 )
         except NotSupported as why:
             if err is not None:
