@@ -53,7 +53,7 @@ MIN_FRAME_SIZE_LIMIT = 4096
 # Room kept free under the limit for the closing fingerprint of what was left out.
 FRAME_SLACK = 200
 _MASK = (1 << 256) - 1
-# Bounds on an initiator's exchange (NegentropyClient.check_bounds). Rounds: a few per level
+# Bounds on an initiator's exchange (NegentropyClient._check_bounds). Rounds: a few per level
 # of 16-way splitting of our set, plus the frames that the ids reported so far may take
 # (an honest exchange moves about 400 bytes both ways per id found; this allows more) and
 # the fingerprints of our whole set in small buckets may take, the frames counted at
