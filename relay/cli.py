@@ -25,6 +25,7 @@ from relay.config import ConfigError, Settings, load
 from relay.core import canonical
 from relay.core.errors import ClientError
 from relay.core.filters import Filter, parse_filter
+from relay.core.negentropy import DEFAULT_MAX_PEER_ITEMS
 from relay.net.sync import DIRECTIONS, SyncError, SyncStats, sync
 from relay.store.base import EventStore
 from relay.store.sqlite import SqliteStore
@@ -92,6 +93,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=DIRECTIONS,
         default="both",
         help="down: fetch what is missing here; up: send what is missing there; both",
+    )
+    peer.add_argument(
+        "--max-peer-items",
+        type=int,
+        default=DEFAULT_MAX_PEER_ITEMS,
+        help="give up when the peer reports more ids than this that we lack"
+        f" (default {DEFAULT_MAX_PEER_ITEMS:,})",
     )
     for sub in (export, imports, copy, peer):
         _add_database_options(sub, argparse.SUPPRESS)
@@ -171,7 +179,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "import":
             return import_command(settings, args.file, progress=not args.no_progress)
         if args.command == "sync":
-            return sync_command(settings, args.url, args.filter, args.direction)
+            return sync_command(
+                settings, args.url, args.filter, args.direction, args.max_peer_items
+            )
         return backup_command(settings, args.path)
     except ConfigError as error:  # asyncpg missing for a PostgreSQL URL
         print(f"relay {args.command}: {error}", file=sys.stderr)
@@ -202,7 +212,13 @@ def admin_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def sync_command(settings: Settings, url: str, filter_text: str | None, direction: str) -> int:
+def sync_command(
+    settings: Settings,
+    url: str,
+    filter_text: str | None,
+    direction: str,
+    max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
+) -> int:
     """`relay sync URL`: 0 when complete, 1 when something needed did not get across."""
     if not url.startswith(("ws://", "wss://")):
         raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
@@ -212,7 +228,7 @@ def sync_command(settings: Settings, url: str, filter_text: str | None, directio
         filter_obj = canonical.loads(filter_text)
     rules = ImportRules(settings.public_url(settings.port), settings.vanish_enabled)
     try:
-        stats = asyncio.run(_sync(settings, rules, url, filter_obj, direction))
+        stats = asyncio.run(_sync(settings, rules, url, filter_obj, direction, max_peer_items))
     except SyncError as error:
         print(f"relay sync: {error}", file=sys.stderr)
         return 1
@@ -221,11 +237,17 @@ def sync_command(settings: Settings, url: str, filter_text: str | None, directio
 
 
 async def _sync(
-    settings: Settings, rules: ImportRules, url: str, filter_obj: dict[str, Any], direction: str
+    settings: Settings,
+    rules: ImportRules,
+    url: str,
+    filter_obj: dict[str, Any],
+    direction: str,
+    max_peer_items: int,
 ) -> SyncStats:
     store = await open_store(settings)
     try:
-        return await sync(StoreLocal(store, rules), url, filter_obj, direction)
+        local = StoreLocal(store, rules)
+        return await sync(local, url, filter_obj, direction, max_peer_items=max_peer_items)
     finally:
         await store.close()
 

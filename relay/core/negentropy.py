@@ -29,14 +29,19 @@ ID_SIZE = 32
 FINGERPRINT_SIZE = 16
 # Splitting a mismatched range: this many buckets, or the ids themselves below twice that.
 BUCKETS = 16
-# The initiator's split of a range whose buckets the other side would answer with id lists
-# (fewer than BUCKETS * 2 items each): buckets of about this many items instead, and the
-# ids themselves only for this many or fewer. An id list sent costs 32 bytes an id, and
-# the answer another 32 an id; a fingerprint costs about 20 bytes, and only mismatched
-# buckets are answered, with their few ids (bench/negentropy.py measures the bytes).
-INITIATOR_LEAF = 4
-# ... below this many items; larger ranges in buckets of this many (times a power of 16),
-# at most MAX_SPLIT of them (see NegentropyClient._buckets).
+# The initiator's split of a small range (under ECHO_FROM items): leaves of about this many
+# items. A fingerprint costs about 20 bytes and only leaves that differ are answered, with
+# the other side's ids (32 bytes each); an id list sent would cost 32 bytes an id and the
+# answer as much again (bench/negentropy.py measures the bytes: 3 beats 2 and 4 at 1%).
+INITIATOR_LEAF = 3
+# From this many items the initiator sends a mismatched range back whole, for the other
+# side to split into 16 (see NegentropyClient._buckets).
+ECHO_FROM = 64
+# The initiator keeps the other side's expected answer to one message within the frame
+# limit too: a reply cut by the other side means sending the ranges it left out again.
+LEAF_MISMATCH_SHARE = 4
+# The initiator's split of a range of this many items or more: buckets of this many
+# (times a power of 16), at most MAX_SPLIT of them (see NegentropyClient._buckets).
 REFINE_BELOW = BUCKETS * BUCKETS
 MAX_SPLIT = 255
 MAX_U64 = 2**64 - 1
@@ -48,6 +53,18 @@ MIN_FRAME_SIZE_LIMIT = 4096
 # Room kept free under the limit for the closing fingerprint of what was left out.
 FRAME_SLACK = 200
 _MASK = (1 << 256) - 1
+# Bounds on an initiator's exchange (NegentropyClient._check_bounds). Rounds: a few per level
+# of 16-way splitting of our set, plus the frames that the ids reported so far may take
+# (an honest exchange moves about 400 bytes both ways per id found; this allows more) and
+# the fingerprints of our whole set in small buckets may take, the frames counted at
+# FRAME_WHEN_UNLIMITED bytes when there is no limit.
+BASE_ROUNDS = 16
+ROUNDS_PER_LEVEL = 4
+BYTES_PER_REPORTED_ID = 1024
+BYTES_PER_ITEM = 8
+FRAME_WHEN_UNLIMITED = 1 << 20
+# Ids the peer may say it holds and we lack when the caller gives no bound of its own.
+DEFAULT_MAX_PEER_ITEMS = 10_000_000
 # The modes encoded as varints (each one byte), written for every range.
 _SKIP = b"\x00"
 _FINGERPRINT = b"\x01"
@@ -56,6 +73,10 @@ _ID_LIST = b"\x02"
 
 class NegentropyError(ValueError):
     """A malformed or unusable negentropy message (the answer is NEG-ERR)."""
+
+
+class ReconciliationBoundError(NegentropyError):
+    """The peer keeps the exchange going past what any honest peer would need."""
 
 
 class Mode(IntEnum):
@@ -407,16 +428,24 @@ class _Reconciler:
             raise ValueError(f"frame_size_limit is 0 (none) or at least {MIN_FRAME_SIZE_LIMIT}")
         self.storage = storage
         self.frame_size_limit = frame_size_limit
+        self._held_from = INFINITE_BOUND
+        # What the other side's answer to the last _split is expected to weigh.
+        self.split_reply_bytes = 0
 
     def _over_limit(self, size: int) -> bool:
         return bool(self.frame_size_limit) and size > self.frame_size_limit - FRAME_SLACK
 
-    def _reconcile(self, ranges: Iterable[Range], initiator: bool) -> _Round:
-        state = _Round(self, initiator)
-        for r in ranges:
-            if not state.answer(r):
-                break
+    def _reconcile(
+        self, ranges: Iterable[Range], initiator: bool, held: Sequence[Range] = ()
+    ) -> _Round:
+        state = _Round(self, initiator, held)
+        state.run(ranges)
         return state
+
+    def _unanswered_after(self, lower: Bound, upper: Bound) -> Sequence[Range]:
+        """Our last message's ranges from `lower` on, when the other side's range from
+        `lower` to `upper` is its closing fingerprint over what it cut; else none."""
+        return ()
 
     def _buckets(self, count: int) -> int:
         """Fingerprinted buckets for a mismatched range of `count` items; 0: send its ids.
@@ -430,6 +459,7 @@ class _Reconciler:
         storage = self.storage
         count = upper - lower
         buckets = self._buckets(count)
+        self.split_reply_bytes = expected_reply_bytes(count, buckets)
         if not buckets:
             writer.bound(upper_bound, out)
             out += _ID_LIST
@@ -451,10 +481,22 @@ class _Reconciler:
         return out
 
 
+def expected_reply_bytes(count: int, buckets: int) -> int:
+    """Roughly what the other side answers to `count` items sent in `buckets` fingerprints
+    (0: as ids): 16 fingerprints for each large bucket, ids for the few small ones that
+    do not match (about one in LEAF_MISMATCH_SHARE), its own ids to an id list."""
+    if not buckets:
+        return ID_SIZE * count + 8
+    size = count // buckets
+    if size >= BUCKETS * 2:
+        return buckets * BUCKETS * 21
+    return buckets * (ID_SIZE * size + 8) // LEAF_MISMATCH_SHARE
+
+
 class _Round:
     """One message being answered: the ranges written so far and the ids found."""
 
-    def __init__(self, owner: _Reconciler, initiator: bool) -> None:
+    def __init__(self, owner: _Reconciler, initiator: bool, held: Sequence[Range] = ()) -> None:
         self.owner = owner
         self.storage = owner.storage
         self.initiator = initiator
@@ -465,6 +507,54 @@ class _Round:
         self.prev_bound = Bound(0)
         # Skipped ranges are merged and written only if something follows them.
         self.skipping = False
+        # The initiator's cut: the other side's ranges left out of this message (answered
+        # in the next one), and those left out of the last one, answered after the reply.
+        self.cut: list[Range] = []
+        self.held = held
+        self.held_answered = not held
+        self.stashing = False
+        self.expected = 0
+
+    def run(self, ranges: Iterable[Range]) -> None:
+        if self._answer_all(ranges):
+            self._answer_held()
+        elif self.stashing and not self.held_answered and self.cut[-1].upper != INFINITE_BOUND:
+            # Cut before the held ranges: they follow the rest of the reply, past the gap
+            # it skipped up to where our last message ended (unless the rest ends in the
+            # other side's closing fingerprint, which covers them).
+            self.cut += [Range(self.held_start, Mode.SKIP), *self.held]
+
+    def _answer_all(self, ranges: Iterable[Range]) -> bool:
+        remaining = iter(ranges)
+        for r in remaining:
+            if not self.answer(r):
+                if self.stashing:
+                    self.cut = [r, *remaining]
+                return False
+        return True
+
+    def _answer_held(self) -> bool:
+        """The other side's ranges cut from our last message, from where it ended: the
+        reply covers up to there (a reply cut itself ends in a fingerprint to infinity)."""
+        if self.held_answered:
+            return True
+        self.held_answered = True
+        start = self.held_start
+        if self.prev_bound.key >= INFINITE_BOUND.key:
+            return True  # its closing fingerprint matched ours, held ranges and all
+        if self.prev_bound.key > start.key:
+            raise NegentropyError("the reply goes past the end of our message")
+        if self.prev_bound.key < start.key:
+            self.skipping = True
+            self.prev_bound = start
+            self.prev_index = self.storage.find_lower_bound(
+                start, self.prev_index, len(self.storage)
+            )
+        return self._answer_all(self.held)
+
+    @property
+    def held_start(self) -> Bound:
+        return self.owner._held_from
 
     def answer(self, r: Range) -> bool:
         """Answer one range; False once the frame is full (the rest is left for later)."""
@@ -474,6 +564,7 @@ class _Round:
         # `out` move the writer's timestamp, and a skip pending before it must be kept.
         before = (self.writer.last_timestamp, self.skipping)
         out = bytearray()
+        expected = 0
         if r.mode == Mode.SKIP:
             self.skipping = True
         elif r.mode == Mode.FINGERPRINT:
@@ -481,7 +572,11 @@ class _Round:
                 self.skipping = True
             else:
                 self._flush_skip(out)
+                unanswered = self.owner._unanswered_after(self.prev_bound, r.upper)
+                if unanswered:
+                    return self._replay(out, unanswered, lower)
                 out += self.owner._split(self.writer, lower, upper, r.upper)
+                expected = self.owner.split_reply_bytes
         elif self.initiator:
             self.skipping = True
         else:
@@ -489,19 +584,33 @@ class _Round:
             sent = self._send_ids(out, lower, upper, r.upper)
             if sent < upper:
                 return self._close_with_fingerprint(out, sent)
-        if self.owner._over_limit(len(self.writer.out) + len(out)):
+        if self.owner._over_limit(len(self.writer.out) + len(out)) or (
+            self.initiator and self.expected and self.owner._over_limit(self.expected + expected)
+        ):
             # The closing fingerprint covers this range and all after it, from the last
             # bound written: the skip pending before this range is written first, or the
             # closing range would start before `lower` and never match.
             self.writer.last_timestamp, self.skipping = before
             closing = bytearray()
             self._flush_skip(closing)
+            if (
+                self.initiator
+                and len(self.writer.out) > 1
+                and not self.owner._over_limit(len(out) + len(closing) + 1)
+            ):
+                # We steer the exchange: the message ends here, and the rest of the reply
+                # is answered in the next one, where a closing fingerprint would make the
+                # other side split it anew from the top.
+                self.writer.out += closing
+                self.stashing = True
+                return False
             return self._close_with_fingerprint(closing, lower)
         if r.mode == Mode.ID_LIST and self.initiator:
             # Only once the range is settled in this message: a range left to the closing
             # fingerprint comes back, and its ids would be counted twice.
             self._compare_ids(r.ids, lower, upper)
         self.writer.out += out
+        self.expected += expected
         self.prev_index = upper
         self.prev_bound = r.upper
         return True
@@ -542,6 +651,29 @@ class _Round:
         out += self.storage.ids_blob[lower * ID_SIZE : end * ID_SIZE]
         return end
 
+    def _replay(self, out: bytearray, ranges: Sequence[Range], lower: int) -> bool:
+        """Our ranges the other side cut from its answer, sent again as they were, as many
+        as fit: splitting the closing fingerprint anew would redo the levels above them."""
+        for r in ranges:
+            before = self.writer.last_timestamp
+            piece = bytearray()
+            self.writer.bound(r.upper, piece)
+            piece += encode_varint(r.mode)
+            if r.mode == Mode.FINGERPRINT:
+                piece += r.fingerprint
+            elif r.mode == Mode.ID_LIST:
+                piece += encode_varint(len(r.ids))
+                piece += b"".join(r.ids)
+            if self.owner._over_limit(len(self.writer.out) + len(out) + len(piece)):
+                self.writer.last_timestamp = before
+                return self._close_with_fingerprint(out, lower)
+            out += piece
+            lower = self.storage.find_lower_bound(r.upper, lower, len(self.storage))
+            self.prev_bound = r.upper
+        self.writer.out += out
+        self.prev_index = lower
+        return self._answer_held()
+
     def _close_with_fingerprint(self, out: bytearray, start: int) -> bool:
         """End the message: `out` so far, then one fingerprint for everything from `start`."""
         self.writer.out += out
@@ -566,23 +698,77 @@ class NegentropyClient(_Reconciler):
     """The initiator's side: `initiate()`, then `reconcile()` each reply until it is done.
     Each id is reported once, in have or in need, over the whole exchange."""
 
-    def __init__(self, storage: Storage, frame_size_limit: int = 0) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        frame_size_limit: int = 0,
+        max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
+    ) -> None:
         super().__init__(storage, frame_size_limit)
         self._reported: set[bytes] = set()
+        self.max_peer_items = max_peer_items
+        self.rounds = 0
+        self.needed = 0
+        # The ranges of our last message, and where each upper bound stands among them.
+        self._sent: tuple[Range, ...] = ()
+        self._sent_at: dict[Bound, int] = {}
+        # The other side's ranges our last message left out, from `_held_from` on.
+        self._held: list[Range] = []
+
+    def _remember(self, message: bytes) -> bytes:
+        self._sent = decode_message(message).ranges
+        self._sent_at = {r.upper: n for n, r in enumerate(self._sent)}
+        return message
+
+    def _unanswered_after(self, lower: Bound, upper: Bound) -> Sequence[Range]:
+        # A cut is closed with a fingerprint up to infinity from the bound of one of our
+        # ranges (the start: Bound(0)); an answer to our own last range ends there too, but
+        # the other side splits a mismatched range or sends its ids, it never echoes it.
+        if upper != INFINITE_BOUND:
+            return ()
+        start = 0 if lower == Bound(0) else self._sent_at.get(lower, -2) + 1
+        return self._sent[start:] if start > 0 or lower == Bound(0) else ()
+
+    def max_rounds(self) -> int:
+        """The replies an honest peer needs, at most, given the ids reported so far."""
+        levels = 1
+        span = BUCKETS
+        while span <= len(self.storage):
+            span *= BUCKETS
+            levels += 1
+        frame = self.frame_size_limit or FRAME_WHEN_UNLIMITED
+        work = len(self._reported) * BYTES_PER_REPORTED_ID + len(self.storage) * BYTES_PER_ITEM
+        extra = work // frame
+        return BASE_ROUNDS + ROUNDS_PER_LEVEL * levels + extra
+
+    def _check_bounds(self, new_need: int) -> None:
+        """A peer may not keep us reconciling forever, nor make up ids without end: need
+        holds at most the items the peer may hold (have is bounded by our own set)."""
+        if self.needed + new_need > self.max_peer_items:
+            raise ReconciliationBoundError(
+                f"the peer reports more than {self.max_peer_items:,} ids we lack"
+            )
+        if self.rounds > self.max_rounds():
+            raise ReconciliationBoundError(
+                f"no agreement after {self.rounds} rounds, more than an honest peer needs"
+                f" for {len(self.storage):,} items and {len(self._reported):,} ids found"
+            )
 
     def _buckets(self, count: int) -> int:
-        """Buckets that make the other side's splits land where we refine, not on id lists.
+        """Buckets for a range the other side says differs: the fewest bytes both ways.
 
-        The other side splits a mismatched range into 16 fingerprinted buckets, or sends
-        its ids when it holds fewer than 32. Ours are sized so that its 16ths come out at
-        16 to 31 items (buckets of 256 to 511 items; of 256 * 16**j when there would be
-        more than 255 of them, one more split on its side), and a 16th that mismatches
-        is ours to refine: buckets of INITIATOR_LEAF items, the mismatched ones answered
-        with their few ids. Id lists both ways cost 64 bytes an id; a fingerprint, 20."""
-        if count <= INITIATOR_LEAF:
+        The other side splits a mismatched range of 32 or more items into 16 fingerprints
+        and answers a smaller one with its ids. So: a large range in buckets of 256 *
+        16**j (at most 255 of them); one of ECHO_FROM to 511 items as one fingerprint,
+        for the other side to split (20 bytes, where splitting it here would cost 20 a
+        bucket); a smaller one in leaves of INITIATOR_LEAF items, of which only those
+        that differ come back, as ids; an empty one as its (empty) id list."""
+        if count == 0:
             return 0
-        if count < REFINE_BELOW:
+        if count < ECHO_FROM:
             return -(-count // INITIATOR_LEAF)
+        if count < REFINE_BELOW:
+            return 1
         size = REFINE_BELOW
         while count // size > MAX_SPLIT:
             size *= BUCKETS
@@ -591,19 +777,24 @@ class NegentropyClient(_Reconciler):
     def initiate(self) -> bytes:
         writer = _Writer()
         writer.out += self._split(writer, 0, len(self.storage), INFINITE_BOUND)
-        return bytes(writer.out)
+        return self._remember(bytes(writer.out))
 
     def reconcile(self, reply: bytes) -> tuple[bytes | None, list[bytes], list[bytes]]:
         """(next message or None when in sync, ids we have and they lack, ids we need)."""
         version, ranges = open_message(reply)
         if version != PROTOCOL_VERSION:
             raise NegentropyError(f"the server speaks negentropy version 0x{version:02x}, not 0x61")
-        state = self._reconcile(ranges, initiator=True)
-        out = bytes(state.writer.out)
+        self.rounds += 1
+        state = self._reconcile(ranges, initiator=True, held=self._held)
+        self._held = state.cut
+        self._held_from = state.prev_bound
+        out = self._remember(bytes(state.writer.out))
         # A reply cut by the frame limit ends in one fingerprint over everything after
         # the cut, ranges we had settled included: their ids can come round again.
         have = [i for i in state.have if i not in self._reported]
         need = [i for i in state.need if i not in self._reported]
+        self._check_bounds(len(need))
+        self.needed += len(need)
         self._reported.update(have)
         self._reported.update(need)
         return (out if len(out) > 1 else None), have, need

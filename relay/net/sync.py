@@ -29,9 +29,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from relay.core import canonical
 from relay.core.filters import Filter, parse_filter
 from relay.core.negentropy import (
+    DEFAULT_MAX_PEER_ITEMS,
     MIN_FRAME_SIZE_LIMIT,
     NegentropyClient,
     NegentropyError,
+    ReconciliationBoundError,
     Storage,
     whole_set_message,
 )
@@ -58,6 +60,10 @@ NEG_ANSWER_SECONDS = 5.0
 # Seconds any later reply may take before the peer is given up on.
 REPLY_SECONDS = 60.0
 PROGRESS_SECONDS = 1.0
+# One letter each: the peer repeats a REQ's subscription id in every EVENT it sends back
+# (10,000 events of a sync at a million: 70 kB more for "sync-get").
+NEG_SUB = "n"
+FETCH_SUB = "g"
 MAX_FRAME = 16 * 1024 * 1024
 # Outcomes that settle a difference (see SyncStats.complete).
 SETTLED = ("stored", "ok", "duplicate", "blocked")
@@ -313,6 +319,7 @@ async def reconcile(
     items: list[tuple[int, bytes]],
     frame_limit: int,
     answer_seconds: float = NEG_ANSWER_SECONDS,
+    max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
 ) -> tuple[list[bytes], list[bytes]]:
     """NIP-77 as the initiator: (ids we have and the peer lacks, ids the peer has and we lack).
 
@@ -329,9 +336,11 @@ async def reconcile(
         building = asyncio.create_task(asyncio.to_thread(Storage, items))
     else:
         with stats.timed("fingerprints"):
-            client = NegentropyClient(await asyncio.to_thread(Storage, items), frame_limit)
+            client = NegentropyClient(
+                await asyncio.to_thread(Storage, items), frame_limit, max_peer_items
+            )
         first = client.initiate()
-    sub_id = "sync-neg"
+    sub_id = NEG_SUB
     have: list[bytes] = []
     need: list[bytes] = []
     try:
@@ -339,7 +348,7 @@ async def reconcile(
         message = await _neg_reply(peer, sub_id, answer_seconds, first=True)
         if building is not None:
             with stats.timed("fingerprints (waited for)"):
-                client = NegentropyClient(await building, frame_limit)
+                client = NegentropyClient(await building, frame_limit, max_peer_items)
     finally:
         if building is not None and client is None:
             building.cancel()
@@ -348,6 +357,9 @@ async def reconcile(
         stats.rounds += 1
         try:
             following, got_have, got_need = client.reconcile(message)
+        except ReconciliationBoundError as error:
+            await peer.send(["NEG-CLOSE", sub_id])
+            raise SyncError(f"reconciliation stopped: {error}") from None
         except NegentropyError as error:
             await peer.send(["NEG-CLOSE", sub_id])
             raise SyncError(f"the peer's NEG-MSG is malformed: {error}") from None
@@ -386,7 +398,7 @@ async def request(peer: Peer, sub_id: str, filter_obj: dict[str, Any]) -> list[A
 async def fetch_ids(peer: Peer, ids: Sequence[bytes]) -> tuple[list[Any], int]:
     """The peer's events with these ids: (events, round trips). A refused batch is split."""
     wanted = {i.hex() for i in ids}
-    result = await request(peer, "sync-get", {"ids": sorted(wanted), "limit": len(wanted)})
+    result = await request(peer, FETCH_SUB, {"ids": sorted(wanted), "limit": len(wanted)})
     if isinstance(result, str):
         if len(ids) == 1:
             return [], 1
@@ -480,8 +492,10 @@ async def sync(
     err: TextIO | None = sys.stderr,
     answer_seconds: float = NEG_ANSWER_SECONDS,
     stats: SyncStats | None = None,
+    max_peer_items: int = DEFAULT_MAX_PEER_ITEMS,
 ) -> SyncStats:
-    """Reconcile with the peer at `url` and transfer what `direction` asks for."""
+    """Reconcile with the peer at `url` and transfer what `direction` asks for; the peer
+    may report at most `max_peer_items` ids we lack (a bound on a misbehaving one)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
     stats = stats or SyncStats()
@@ -495,7 +509,7 @@ async def sync(
         try:
             with stats.timed("reconcile"):
                 have, need = await reconcile(
-                    peer, filter_obj, items, limits.frame_limit, answer_seconds
+                    peer, filter_obj, items, limits.frame_limit, answer_seconds, max_peer_items
                 )
         except NotSupported as why:
             if err is not None:
