@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.stores import Dataset
+from bench.sync import count
 
 POLL_SECONDS = 0.01
 
@@ -69,14 +69,6 @@ def run(args: list[str], stdout: int | None = None) -> Run:
     if proc.returncode != 0:
         raise SystemExit(f"relay {args[0]} failed ({proc.returncode}): {text}")
     return Run(seconds, peak / 1024, text.strip())
-
-
-def count(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def measure(size: int, workers: int, scratch: Path) -> tuple[Run, Run, int, int]:

@@ -335,7 +335,7 @@ class SubscriptionIndex(Generic[Owner]):
 
     def _intern(self, f: Filter) -> _Entry:
         # limit only shapes the stored part of a REQ: it does not make filters differ here.
-        canonical = f if f.limit is None else f.with_limit(None)
+        canonical = f.with_limit(None)
         entry = self._interned.get(canonical)
         if entry is None:
             entry = self._interned[canonical] = _Entry(canonical, next(self._seq))

@@ -127,7 +127,7 @@ class FilterRows:
         """The first page when this is the query's only filter: no merge, no keys but the
         last row's, one statement (or sql.NewestFirst's two) as before pages existed."""
         asked = self.batch(page_events)
-        f = self.filter if self.filter.limit == asked else self.filter.with_limit(asked)
+        f = self.filter.with_limit(asked)
         rows = _newest_first(db, f, now)
         if rows is not None:
             page = _cut_rows(rows, page_bytes)
