@@ -3,7 +3,8 @@
 There is no Docker engine here, so this checks what can be checked without one: the YAML
 parses (with PyYAML, skipped where it is not installed), PostgreSQL 15 with a health
 check, two relay instances on the project's Dockerfile and the one database, trusting the
-header nginx sets, and nginx passing the WebSocket upgrade to both.
+header nginx sets, and nginx passing the WebSocket upgrade to both. tests/test_nginx_front.py
+runs a real nginx with deploy/nginx.conf in front of two instances.
 """
 
 from __future__ import annotations
