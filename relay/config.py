@@ -43,6 +43,9 @@ class Settings:
     log_level: str = "INFO"
     max_outbox_bytes: int = 8 * 1024 * 1024
     compression: str = "deflate"
+    # Keep each client's deflate window between writes, as strfry's slidingWindow: live
+    # events compress about 30% smaller, for about 34 KiB more per connected client.
+    deflate_sliding_window: bool = False
     # Seconds between WebSocket pings and to wait for the pong (0: no pings).
     ping_interval: float = 20.0
     ping_timeout: float = 20.0

@@ -118,3 +118,23 @@ def test_quick_matching_bench_prints_a_row_for_every_set() -> None:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[2] == "now", row
         assert all(re.fullmatch(r"[\d,.]+", cell) for cell in (cells[1], *cells[3:])), row
+
+
+def test_deflate_bench_prints_both_compressors_for_both_writes() -> None:
+    """`python -m bench.deflate`: every row compresses (under 100%) with a CPU figure."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.deflate", "--events", "300", "--page", "100", "--runs", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| alone", "| 100"))]
+    assert len(rows) == 4, result.stdout
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        share = re.fullmatch(r"[\d,]+ \(([\d.]+)%\)", cells[2])
+        assert share is not None, row
+        assert 0 < float(share.group(1)) < 100, row
+        assert re.fullmatch(r"[\d.]+", cells[3]), row

@@ -12,6 +12,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from relay.net.deflate import release_compressors
+
 # Frames handed to the socket in one write: a query's results or a commit's OKs go out
 # together instead of one send (and one system call) per frame.
 MAX_BATCH_BYTES = 256 * 1024
@@ -280,6 +282,7 @@ def write_text_frames(ws: ServerConnection, frames: list[bytes]) -> None:
     if protocol.extensions:
         for frame in frames:
             protocol.send_text(frame)
+        release_compressors(protocol.extensions)
         ws.transport.writelines(protocol.data_to_send())
         return
     pending = protocol.data_to_send()  # websockets writes its own frames at once: none

@@ -27,6 +27,7 @@ from relay.core.write_policy import Action, Source
 from relay.net import shutdown
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
+from relay.net.deflate import server_extensions
 from relay.net.http import HttpResponder, serve_metrics
 from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
@@ -178,9 +179,10 @@ class RelayServer:
                 close_timeout=self.settings.close_timeout,
                 max_size=self.settings.max_message_length * TRANSPORT_SIZE_FACTOR,
                 max_queue=16,
-                # permessage-deflate keeps a compressor per connection: about 33 KiB more
-                # per idle client that offers it (measured by bench/), so it can be turned off.
-                compression=None if self.settings.compression == "none" else "deflate",
+                compression=None,
+                extensions=server_extensions(
+                    self.settings.compression, self.settings.deflate_sliding_window
+                ),
                 server_header=None,
             )
         except BaseException:
