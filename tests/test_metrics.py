@@ -12,7 +12,8 @@ import pytest
 from relay.core.event import parse_event
 from relay.core.filters import Filter
 from relay.net.metrics import Histogram, reason_prefix
-from relay.net.server import RelayServer, limit_hit
+from relay.net.reads import limit_hit
+from relay.net.server import RelayServer
 from relay.net.stats import EventRate
 from relay.store.base import SaveOutcome
 from tests.conftest import RelayFactory, url_of

@@ -1,11 +1,12 @@
-"""The relay as a running service: the path of an event, live fan-out, start and stop."""
+"""The relay as a running service: its parts wired together, connections, live fan-out,
+start and stop. The path of an event is `net/ingest.py`; stored reads, `net/reads.py`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence, Set
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence, Set
 from dataclasses import replace
 from typing import Any
 
@@ -13,22 +14,22 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request
 
 from relay.config import ConfigError, Settings
-from relay.core import auth, canonical, nip11, vanish
-from relay.core.errors import Blocked, ClientError, Invalid
+from relay.core import canonical, nip11
 from relay.core.event import Event
 from relay.core.filters import Filter
 from relay.core.moderation import Change, ModerationState, normalize_ip
-from relay.core.negentropy import MIN_FRAME_SIZE_LIMIT, NegentropyServer, Storage
-from relay.core.policy import check_write, default_write_checks
+from relay.core.negentropy import NegentropyServer
+from relay.core.policy import default_write_checks
 from relay.core.ratelimit import RateLimiter
 from relay.core.session import Session, SessionPolicy, SharedBudget
 from relay.core.subscriptions import SubscriptionIndex
-from relay.core.write_policy import Action, Source
+from relay.core.write_policy import Source
 from relay.net import shutdown
 from relay.net.admission import AdmissionControl, ConnectionCounter, ExemptNetworks, client_ip
 from relay.net.connection import ClientConnection
 from relay.net.deflate import server_extensions
 from relay.net.http import HttpResponder, serve_metrics
+from relay.net.ingest import IngestPipeline
 from relay.net.metrics import Metrics, PrometheusMetrics
 from relay.net.mirror import Mirror, ServerLocal, check_peers, parse_mirror_filter
 from relay.net.nip86 import (
@@ -40,20 +41,20 @@ from relay.net.nip86 import (
     is_rpc,
 )
 from relay.net.outbox import Flusher, OutboxMeter
+from relay.net.reads import StoredReads
 from relay.net.stats import EventRate, StoreFigures, live_figures
 from relay.net.trim import MemoryTrimmer, map_large_blocks
-from relay.net.verifier import SignatureCheckFailed, SignatureVerifier
+from relay.net.verifier import SignatureVerifier
 from relay.net.write_policy import WritePolicy
 from relay.store.base import EventStore, SaveOutcome, SharedStore, StatsSource
 from relay.store.moderation import ModerationStore, SharedModeration, default_moderation_store
-from relay.store.writer import StoreFailure, Writer, WriterClosed
+from relay.store.writer import Writer
 
 log = logging.getLogger("relay")
 
 # Frames over the advertised max_message_length but under this many times it get a
 # NOTICE and the connection goes on; larger ones are refused by the WebSocket layer (1009).
 TRANSPORT_SIZE_FACTOR = 2
-CHECK_FAILED = "error: the signature could not be checked, try again"
 # /health: a failed commit makes the relay unhealthy until one succeeds, or for this long
 # (two of the Dockerfile's health check intervals) if no other write is tried.
 HEALTH_WINDOW_SECONDS = 60.0
@@ -69,7 +70,8 @@ class RelayServer:
         self.settings = settings
         self.store = store
         self.moderation_store = moderation_store or default_moderation_store(store)
-        # NIP-86: loaded at start, changed live by the management API.
+        # NIP-86: loaded at start, then changed live in place by the management API (the
+        # pipeline holds this object).
         self.moderation = ModerationState()
         self._http: HttpResponder | None = None
         self.retention = settings.retention
@@ -100,8 +102,6 @@ class RelayServer:
         self._ticker: asyncio.Task[None] | None = None
         self.rate_exempt = ExemptNetworks(settings.rate_limit_exempt)
         self.trimmer = MemoryTrimmer()
-        # A NEG-MSG reply in hex inside its frame stays under max_message_length.
-        self.neg_frame_limit = max(MIN_FRAME_SIZE_LIMIT, (settings.max_message_length - 256) // 2)
         self.write_checks = default_write_checks(settings.limits)
         self.write_policy = WritePolicy(settings)
         self.event_rate_per_ip = RateLimiter(
@@ -112,7 +112,7 @@ class RelayServer:
         )
         # Rebuilt with the listening port once known: relay_url may derive from it.
         self.auth = settings.auth_policy(settings.port)
-        self.accepting = False
+        self._build_ingest_and_reads()
         self._server: Server | None = None
         self._metrics_server: Server | None = None
         self.mirror: Mirror | None = None
@@ -194,6 +194,7 @@ class RelayServer:
             await self.store.close()
             raise
         self.auth = settings.auth_policy(self.port)
+        self._build_ingest_and_reads()
         self.session_policy = SessionPolicy(
             limits=settings.limits,
             auth=self.auth,
@@ -205,12 +206,45 @@ class RelayServer:
             neg_idle_seconds=settings.neg_idle_seconds,
         )
         self._ticker = asyncio.create_task(self._tick())
-        self.accepting = True
+        self.pipeline.accepting = True
         if settings.mirror_peers:
             local = ServerLocal(self.store, self.ingest)
             self.mirror = Mirror(settings.mirror_peers, self.mirror_filter, local)
             self.mirror.start()
         log.info("listening on %s:%d", self.settings.host, self.port)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new events are taken: from start() until stop()."""
+        return self.pipeline.accepting
+
+    def _build_ingest_and_reads(self) -> None:
+        """The event pipeline and the stored reads, from the current moderation state and
+        auth policy: again in start(), once it has loaded the one and rebuilt the other
+        (until then the pipeline refuses every event)."""
+        settings = self.settings
+        self.pipeline = IngestPipeline(
+            store=self.store,
+            writer=self.writer,
+            verifier=self.verifier,
+            write_checks=self.write_checks,
+            write_policy=self.write_policy,
+            moderation=self.moderation,
+            retention=self.retention,
+            relay_url=self.auth.relay_url,
+            vanish_enabled=settings.vanish_enabled,
+            broadcast=self.broadcast,
+            metrics=self.metrics,
+        )
+        self.reads = StoredReads(
+            self.store,
+            dm_kinds=self.auth.dm_kinds,
+            page_events=settings.query_page_events,
+            max_req_results=settings.max_req_results,
+            max_neg_items=settings.max_neg_items,
+            max_message_length=settings.max_message_length,
+            metrics=self.metrics,
+        )
 
     def healthy(self) -> bool:
         """/health: running, the database file is the one opened, and writes commit."""
@@ -222,7 +256,7 @@ class RelayServer:
 
     async def stop(self) -> None:
         """Refuse new events, commit and answer pending ones, then close every connection."""
-        self.accepting = False
+        self.pipeline.accepting = False
         if self.mirror is not None:
             await self.mirror.close()
         if self._ticker is not None:
@@ -302,92 +336,36 @@ class RelayServer:
                 connection.events_received,
             )
 
-    async def ingest(self, event: Event, source: Source | None = None) -> tuple[bool, str]:
-        """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
-        started = time.perf_counter()
-        accepted, reason = await self._ingest(event, source)
-        self.metrics.event_answered(accepted, reason, time.perf_counter() - started)
-        return accepted, reason
+    # What connections ask of the relay (RelayServices) is done by the pipeline and the
+    # reads; each method hands back their coroutine or generator as it is, so a call costs
+    # one more method call and no second coroutine.
 
-    async def _ingest(self, event: Event, source: Source | None) -> tuple[bool, str]:
-        if not self.accepting:
-            return False, "error: the relay is shutting down"
-        now = int(time.time())
-        try:
-            check_write(self.write_checks, event, now)
-            vanish.check_request(event, self.auth.relay_url, self.settings.vanish_enabled)
-            self.write_policy.check_unverified(event)
-            self.moderation.check(event)
-            if self.retention.too_old(event, now):
-                raise Blocked(f"kind {event.kind} is kept here for less time than this event's age")
-            if source is not None and self.moderation.ip_blocked(source.ip):
-                raise Blocked("your address is blocked on this relay")
-        except ClientError as error:
-            return False, error.reason
-        refusal = await self._signature_refusal(event)
-        if refusal is not None:
-            return False, refusal
-        decision = await self.write_policy.decide(event, source or Source("", now))
-        if decision.action is Action.REJECT:
-            return False, decision.ok_reason
-        if decision.action is Action.SHADOW_REJECT:
-            return True, ""
-        if event.is_ephemeral:
-            self.broadcast(event)
-            if isinstance(self.store, SharedStore):
-                await self.store.announce(event)
-            return True, ""
-        try:
-            outcome = await self.writer.save(event)
-        except WriterClosed:
-            return False, "error: the relay is shutting down"
-        except StoreFailure:
-            return False, "error: the event could not be stored, try again later"
-        if outcome.broadcast:
-            self.broadcast(event)
-        return outcome.accepted, outcome.reason
+    def ingest(
+        self, event: Event, source: Source | None = None
+    ) -> Coroutine[Any, Any, tuple[bool, str]]:
+        """Take one well-formed event through policy, signature and storage: (accepted, reason)."""
+        return self.pipeline.ingest(event, source)
 
     def query_pages(
         self, filters: tuple[Filter, ...], owner: object, page_bytes: int
     ) -> AsyncGenerator[list[bytes], None]:
-        """Stored matches page by page, each page read in `owner`'s fair turn for a reader
-        and only when asked for (the session caps the REQ as a whole). The store's own
-        generator: the caller times its waits for pages and reports them to query_finished
-        (one generator layer a page, not two)."""
-        return self.store.query_pages(
-            filters,
-            int(time.time()),
-            owner=owner,
-            page_events=self.settings.query_page_events,
-            page_bytes=page_bytes,
-        )
+        return self.reads.query_pages(filters, owner, page_bytes)
 
     def query_finished(self, filters: tuple[Filter, ...], found: int, reading: float) -> None:
-        """A REQ's stored part ended (done, capped, failed or cancelled): `found` events
-        read in `reading` seconds spent waiting for the store, not for the client."""
-        cap = self.settings.max_req_results
-        self.metrics.query_done(reading, limit_hit(filters, found, cap))
+        self.reads.query_finished(filters, found, reading)
 
-    async def negentropy_items(
+    def count(
+        self, filters: Sequence[Filter], readers: Set[str], owner: object = None
+    ) -> Coroutine[Any, Any, int]:
+        return self.reads.count(filters, readers, owner)
+
+    def negentropy_items(
         self, filter: Filter, readers: frozenset[str], owner: object
-    ) -> list[tuple[int, bytes]]:
-        """NIP-77: the (created_at, id) set of `filter` that `readers` may see. Private
-        kinds count only where a reader is a party: all, minus the private, plus the readable."""
-        now, cap = int(time.time()), self.settings.max_neg_items
-        items = await self.store.negentropy_items([filter], now, cap)
-        dm_kinds = self.auth.dm_kinds
-        if not auth.could_return_private([filter], dm_kinds):
-            return items
-        private = auth.private_parts([filter], dm_kinds)
-        hidden = set(await self.store.negentropy_items(private, now, cap))
-        if not hidden:
-            return items
-        readable = auth.readable_parts([filter], readers, dm_kinds)
-        shown = set(await self.store.negentropy_items(readable, now, cap)) if readable else set()
-        return [item for item in items if item not in hidden or item in shown]
+    ) -> Coroutine[Any, Any, list[tuple[int, bytes]]]:
+        return self.reads.negentropy_items(filter, readers, owner)
 
     def negentropy_server(self, items: list[tuple[int, bytes]]) -> NegentropyServer:
-        return NegentropyServer(Storage(items), self.neg_frame_limit)
+        return self.reads.negentropy_server(items)
 
     async def _tick(self) -> None:
         """Once a second: idle negentropy sessions end."""
@@ -418,36 +396,6 @@ class RelayServer:
     def unwatch(self, owner: ClientConnection, sub_id: str) -> None:
         self.subscriptions.remove(owner, sub_id)
         self.metrics.subscription_closed()
-
-    async def count(
-        self, filters: Sequence[Filter], readers: Set[str], owner: object = None
-    ) -> int:
-        """NIP-45: distinct stored events matching any filter that `readers` may read.
-
-        Private kinds count only where a reader is their author or tagged recipient:
-        all matches, minus the private ones, plus the private ones readers may see.
-        """
-        now = int(time.time())
-        total = await self.store.count(filters, now, owner=owner)
-        dm_kinds = self.auth.dm_kinds
-        if not auth.could_return_private(filters, dm_kinds):
-            return total
-        private = await self.store.count(auth.private_parts(filters, dm_kinds), now, owner=owner)
-        if not private:
-            return total
-        readable = auth.readable_parts(filters, readers, dm_kinds)
-        allowed = await self.store.count(readable, now, owner=owner) if readable else 0
-        # Three reads: a commit between them may move the figures by what it added.
-        return max(total - private + allowed, 0)
-
-    async def _signature_refusal(self, event: Event) -> str | None:
-        """Why the event's signature does not pass, or None when it does."""
-        try:
-            valid = await self.verifier.verify(event)
-        except SignatureCheckFailed:
-            # The verify process died holding it; it logged that once, and is restarted.
-            return CHECK_FAILED
-        return None if valid else Invalid("bad signature").reason
 
     def _process_request(self) -> Callable[[ServerConnection, Request], Any]:
         """The HTTP hook: NIP-86 calls, blocked addresses, then admission and plain HTTP."""
@@ -532,15 +480,6 @@ class RelayServer:
         if isinstance(self.store, StatsSource):
             restarts["write"] = self.store.process_restarts
         return restarts
-
-
-def limit_hit(filters: Sequence[Filter], found: int, cap: int) -> bool:
-    """Whether a REQ's query returned all it could: the REQ's cap, or every filter's
-    limit (filters overlap rarely enough for their sum to tell)."""
-    if found >= cap:
-        return True
-    limits = [f.limit for f in filters]
-    return None not in limits and found >= sum(limit or 0 for limit in limits)
 
 
 def _peer_name(ws: ServerConnection) -> str:
