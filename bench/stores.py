@@ -199,4 +199,8 @@ def query_shapes(samples: dict[str, Any], count: int) -> dict[str, list[dict[str
             {"kinds": [1, 6, 7], "until": until, "limit": 100}
             for until in (shape["start"] + rng.randrange(shape["span"]) for _ in range(count))
         ],
+        # Two hashtags followed at once: several values of a tag are read one at a time.
+        "#t, 2 hashtags, 100": [
+            {"#t": rng.sample(HASHTAGS, 2), "limit": 100} for _ in range(count)
+        ],
     }

@@ -34,6 +34,19 @@ def test_several_kinds_with_a_limit_are_read_one_kind_at_a_time() -> None:
     assert params == [NOW, 1, 5, NOW, 7, 5, 5]
 
 
+def test_several_tag_values_with_a_limit_are_read_one_value_at_a_time() -> None:
+    f = parse_filter({"#t": ["y", "x"], "kinds": [1], "limit": 5})
+    sql, params = pg_sql.select_events([f], NOW)
+    # Each value on the tag index newest first up to the limit; an event holding both
+    # values is found twice and merged once (UNION, not UNION ALL).
+    assert sql.count("t.value = $") == 2
+    assert sql.count("ORDER BY t.created_at DESC, e.id LIMIT $") == 2
+    assert ") UNION (" in sql
+    assert "UNION ALL" not in sql
+    assert sql.endswith("ORDER BY k.created_at DESC, k.id LIMIT $11")
+    assert params == ["t", b"x", NOW, 1, 5, "t", b"y", NOW, 1, 5, 5]
+
+
 def test_one_value_is_an_equality_several_are_one_array() -> None:
     one, _ = pg_sql.select_events([parse_filter({"authors": [A]})], NOW)
     several, params = pg_sql.select_events([parse_filter({"authors": [B, A]})], NOW)

@@ -14,7 +14,7 @@ import pytest
 
 from relay.core.filters import parse_filter
 from relay.store import sql
-from relay.store.plans import MAX_KINDS_APART, kinds_read_apart
+from relay.store.plans import MAX_KINDS_APART, MAX_VALUES_APART, kinds_read_apart, tag_read_apart
 from relay.store.sqlite import load_schema
 
 AUTHOR = "a" * 64
@@ -82,3 +82,36 @@ def test_which_filters_are_read_one_kind_at_a_time() -> None:
     assert apart({"kinds": [1, 7], "authors": [AUTHOR], "limit": 9}) is None
     assert apart({"kinds": [1, 7], "#e": [EVENT], "limit": 9}) is None
     assert apart({"kinds": list(range(MAX_KINDS_APART + 1)), "limit": 9}) is None
+
+
+@pytest.mark.parametrize("columns", [sql.ROW_WITH_SEQ, sql.ROW_WITH_RAW, sql.RAW_ONLY])
+@pytest.mark.parametrize("after", [None, (1_700_000_000, b"\x01" * 32)])
+def test_several_tag_values_with_a_limit_walk_the_tag_index_once_per_value(
+    columns: str, after: sql.Key | None
+) -> None:
+    """Not every event holding any of the values sorted: each value newest first on
+    tags_by_value up to the limit, then the rows merged, each event once (UNION)."""
+    f = parse_filter({"#t": ["nostr", "bitcoin", "zap"], "kinds": [1], "limit": 100})
+    query = sql.select_page(f, int(time.time()), after, 100, columns)
+    assert explain(query).count("USING INDEX tags_by_value") == 3
+    assert " UNION SELECT" in query[0]
+    assert "UNION ALL" not in query[0]
+
+
+def test_which_filters_are_read_one_tag_value_at_a_time() -> None:
+    def apart(filter_json: dict[str, Any]) -> tuple[str, list[str]] | None:
+        return tag_read_apart(parse_filter(filter_json))
+
+    assert apart({"#t": ["b", "a"], "limit": 100}) == ("t", ["a", "b"])
+    assert apart({"#t": ["b", "a"], "kinds": [1, 7], "limit": 100}) == ("t", ["a", "b"])
+    # Of two tags, the one with fewer values.
+    assert apart({"#e": [EVENT, "c" * 64, "d" * 64], "#t": ["a", "b"], "limit": 9}) == (
+        "t",
+        ["a", "b"],
+    )
+    assert apart({"#t": ["a"], "limit": 100}) is None  # one walk already
+    assert apart({"#t": ["a"], "#e": [EVENT, "c" * 64], "limit": 9}) is None  # "a" drives
+    assert apart({"#t": ["a", "b"]}) is None  # no limit: everything is read anyway
+    assert apart({"#t": ["a", "b"], "authors": [AUTHOR], "limit": 9}) is None
+    assert apart({"#t": ["a", "b"], "ids": [EVENT], "limit": 9}) is None
+    assert apart({"#t": [str(n) for n in range(MAX_VALUES_APART + 1)], "limit": 9}) is None

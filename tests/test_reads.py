@@ -101,6 +101,8 @@ def many_events(count: int, seed: int) -> list[Event]:
     found = []
     for number in range(count):
         tags = [["t", rng.choice("xyz")]] if rng.random() < 0.6 else []
+        if tags and rng.random() < 0.3:  # two values of one tag: found twice, sent once
+            tags.append(["t", rng.choice("xyz")])
         keys = rng.choice(KEYS)
         content = f"{seed}.{number}"
         found.append(signed(keys, rng.choice([1, 7]), NOW - rng.randrange(6), tags, content))
@@ -117,6 +119,9 @@ MANY_FILTERS: list[list[dict[str, Any]]] = [
     # Several kinds with a limit: read one kind at a time and merged (store/plans.py).
     [{"kinds": [1, 7], "limit": 40}],
     [{"kinds": [7, 1], "limit": 60, "since": NOW - 3}, {"kinds": [1], "limit": 9}],
+    # Several values of a tag with a limit: read one value at a time, each event once.
+    [{"#t": ["x", "y"], "limit": 40}],
+    [{"#t": ["z", "x", "y"], "kinds": [1], "limit": 70}, {"#t": ["y", "z"], "limit": 9}],
 ]
 
 

@@ -10,12 +10,11 @@ limit, which it does not do for `= ANY` (PostgreSQL 15).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from relay.core.filters import Filter
 from relay.store.pg_batch import search_query
-from relay.store.plans import kinds_read_apart
+from relay.store.plans import ReadApart, read_apart
 
 Query = tuple[str, list[Any]]
 
@@ -90,9 +89,9 @@ def _driving_tag(f: Filter) -> tuple[str, str] | None:
 
 def _select(f: Filter, now: int, params: Params, column: str) -> str:
     """`column` of the events matching `f`, in the filter's order, up to its limit."""
-    kinds = kinds_read_apart(f)
-    if kinds is not None:
-        return _select_by_kind(f, kinds, now, params, column)
+    apart = read_apart(f)
+    if apart is not None:
+        return _select_apart(f, apart, now, params, column)
     driving = _driving_tag(f)
     if f.search:
         # NIP-50: most relevant first, then newest.
@@ -119,12 +118,13 @@ def _select(f: Filter, now: int, params: Params, column: str) -> str:
     return sql
 
 
-def _select_by_kind(f: Filter, kinds: list[int], now: int, params: Params, column: str) -> str:
-    """_select of `f`, one kind at a time (each newest first up to the limit), merged."""
+def _select_apart(f: Filter, apart: ReadApart, now: int, params: Params, column: str) -> str:
+    """_select of `f`, one part (a kind, or a tag value) at a time, each newest first up
+    to the limit, merged (plans.read_apart)."""
     keys = "e.seq, e.created_at, e.id"
-    parts = " UNION ALL ".join(
-        f"({_select(replace(f, kinds=frozenset({kind})), now, params, keys)})" for kind in kinds
-    )
+    # UNION drops the second copy of an event two parts found.
+    union = " UNION " if apart.overlapping else " UNION ALL "
+    parts = union.join(f"({_select(part, now, params, keys)})" for part in apart.parts)
     return (
         f"SELECT {column} FROM events e JOIN ({parts}) AS k ON k.seq = e.seq"
         f" ORDER BY k.created_at DESC, k.id LIMIT {params(f.limit)}"

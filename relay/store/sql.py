@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from relay.core.filters import Filter
 from relay.core.search import fts_match
-from relay.store.plans import kinds_read_apart
+from relay.store.plans import ReadApart, read_apart
 
 Query = tuple[str, list[Any]]
 
@@ -126,9 +126,9 @@ Key = tuple[int, bytes]
 def select_page(f: Filter, now: int, after: Key | None, limit: int, columns: str) -> Query:
     """The next `limit` rows of a filter without search after `after` (keyset continuation
     on created_at DESC, id ASC): ROW_WITH_RAW, ROW_WITH_SEQ or RAW_ONLY columns."""
-    kinds = kinds_read_apart(f)
-    if kinds is not None:
-        return _select_page_by_kind(f, kinds, now, after, limit, columns)
+    apart = read_apart(f)
+    if apart is not None:
+        return _select_page_apart(apart, now, after, limit, columns)
     params: list[Any] = []
     source, conditions, time = _source(f, now, params)
     if after is not None:
@@ -145,23 +145,24 @@ def select_page(f: Filter, now: int, after: Key | None, limit: int, columns: str
     return sql, params
 
 
-def _select_page_by_kind(
-    f: Filter, kinds: list[int], now: int, after: Key | None, limit: int, columns: str
+def _select_page_apart(
+    apart: ReadApart, now: int, after: Key | None, limit: int, columns: str
 ) -> Query:
-    """select_page one kind at a time, each on events_by_kind newest first up to `limit`,
-    merged in one compound statement (plans.kinds_read_apart)."""
+    """select_page of each part (one kind, or one tag value), each on its index newest
+    first up to `limit`, merged in one compound statement (plans.read_apart)."""
     exprs = [expr.strip() for expr in columns.split(",")]
     named = ", ".join(f"{expr} AS c{n}" for n, expr in enumerate(exprs))
     inner = f"{named}, e.created_at AS key_at, e.id AS key_id"
     parts: list[str] = []
     params: list[Any] = []
-    for kind in kinds:
-        one_kind = replace(f, kinds=frozenset({kind}))
-        part, part_params = select_page(one_kind, now, after, limit, inner)
+    for part_filter in apart.parts:
+        part, part_params = select_page(part_filter, now, after, limit, inner)
         parts.append(f"SELECT * FROM ({part})")
         params += part_params
+    # UNION drops the second copy of an event two parts found (its rows are equal).
+    union = " UNION " if apart.overlapping else " UNION ALL "
     outer = ", ".join(f"c{n}" for n in range(len(exprs)))
-    sql = f"SELECT {outer} FROM ({' UNION ALL '.join(parts)}) ORDER BY key_at DESC, key_id LIMIT ?"
+    sql = f"SELECT {outer} FROM ({union.join(parts)}) ORDER BY key_at DESC, key_id LIMIT ?"
     params.append(limit)
     return sql, params
 
