@@ -43,9 +43,10 @@ def tag_read_apart(f: Filter) -> tuple[str, list[str]] | None:
 
     With several values of a tag and nothing narrower (`{"#t":["nostr","bitcoin"],
     "limit":100}`, a feed's reactions by `#e`), both planners fetch every event holding
-    any of the values and sort them: ~10 ms at a million events for two hashtags on
-    SQLite. A tag with one value already drives the scan alone; of several tags, the one
-    with the fewest values is split.
+    any of the values and sort them: 19-20 ms for two hashtags at a million events on
+    SQLite, 25 ms on PostgreSQL (1.7-2.3 and 2.8-3.2 ms read apart). A tag with one
+    value already drives the scan alone; of several tags, the one with the fewest values
+    is split.
     """
     if (
         f.limit is None
