@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 from websockets.asyncio.client import connect
 from websockets.extensions.base import Extension
-from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
 
 from relay.config import ConfigError, load
 from relay.net.deflate import WriteDeflate
@@ -110,3 +113,25 @@ async def test_compressed_writes_decode_and_leave_no_compressor(
 def test_sliding_window_from_the_environment() -> None:
     assert load(environ={}).deflate_sliding_window is False
     assert load(environ={"RELAY_DEFLATE_SLIDING_WINDOW": "true"}).deflate_sliding_window is True
+
+
+async def test_a_client_asking_for_server_no_context_takeover_gets_it(
+    start_relay: RelayFactory,
+) -> None:
+    # Then the base class makes a compressor per message itself; pages still decode.
+    relay = await start_relay(query_page_bytes=4 * 1024)
+    offer = ClientPerMessageDeflateFactory(server_no_context_takeover=True)
+    client = await Client.connect(url_of(relay), extensions=[offer], compression=None)
+    try:
+        keys = Keys()
+        notes = [keys.sign(content=f"note {n} " + "words " * 100) for n in range(20)]
+        for note in notes:
+            assert (await client.publish(note))[2] is True
+        extension = server_extension(relay)
+        assert isinstance(extension, WriteDeflate)
+        assert extension.local_no_context_takeover
+        stored = await client.req("all", {"authors": [keys.pubkey], "limit": 50})
+        assert {e["id"] for e in stored} == {e["id"] for e in notes}
+        assert "encoder" not in vars(extension)
+    finally:
+        await client.close()
