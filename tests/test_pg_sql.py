@@ -9,6 +9,7 @@ import pytest
 from relay.core.event import parse_event
 from relay.core.filters import parse_filter
 from relay.store import pg_batch, pg_sql
+from relay.store.plans import POSTGRES_VALUES_APART
 from tests.nostr import Keys
 
 NOW = 1_700_000_000
@@ -45,6 +46,14 @@ def test_several_tag_values_with_a_limit_are_read_one_value_at_a_time() -> None:
     assert "UNION ALL" not in sql
     assert sql.endswith("ORDER BY k.created_at DESC, k.id LIMIT $11")
     assert params == ["t", b"x", NOW, 1, 5, "t", b"y", NOW, 1, 5, 5]
+
+
+def test_many_tag_values_are_one_array_on_postgresql() -> None:
+    """Past POSTGRES_VALUES_APART values its own plan (a seek per value) is the faster."""
+    values = [f"v{n}" for n in range(POSTGRES_VALUES_APART + 1)]
+    sql, _ = pg_sql.select_events([parse_filter({"#t": values, "limit": 5})], NOW)
+    assert "UNION" not in sql
+    assert "t.value = ANY($" in sql
 
 
 def test_one_value_is_an_equality_several_are_one_array() -> None:

@@ -14,7 +14,13 @@ import pytest
 
 from relay.core.filters import parse_filter
 from relay.store import sql
-from relay.store.plans import MAX_KINDS_APART, MAX_VALUES_APART, kinds_read_apart, tag_read_apart
+from relay.store.plans import (
+    MAX_KINDS_APART,
+    POSTGRES_VALUES_APART,
+    SQLITE_VALUES_APART,
+    kinds_read_apart,
+    tag_read_apart,
+)
 from relay.store.sqlite import load_schema
 
 AUTHOR = "a" * 64
@@ -100,7 +106,7 @@ def test_several_tag_values_with_a_limit_walk_the_tag_index_once_per_value(
 
 def test_which_filters_are_read_one_tag_value_at_a_time() -> None:
     def apart(filter_json: dict[str, Any]) -> tuple[str, list[str]] | None:
-        return tag_read_apart(parse_filter(filter_json))
+        return tag_read_apart(parse_filter(filter_json), SQLITE_VALUES_APART)
 
     assert apart({"#t": ["b", "a"], "limit": 100}) == ("t", ["a", "b"])
     assert apart({"#t": ["b", "a"], "kinds": [1, 7], "limit": 100}) == ("t", ["a", "b"])
@@ -114,4 +120,18 @@ def test_which_filters_are_read_one_tag_value_at_a_time() -> None:
     assert apart({"#t": ["a", "b"]}) is None  # no limit: everything is read anyway
     assert apart({"#t": ["a", "b"], "authors": [AUTHOR], "limit": 9}) is None
     assert apart({"#t": ["a", "b"], "ids": [EVENT], "limit": 9}) is None
-    assert apart({"#t": [str(n) for n in range(MAX_VALUES_APART + 1)], "limit": 9}) is None
+    assert apart({"#t": [str(n) for n in range(SQLITE_VALUES_APART + 1)], "limit": 9}) is None
+    # PostgreSQL plans many values well by itself, and many walks slowly: a lower cap.
+    many = parse_filter({"#t": [str(n) for n in range(POSTGRES_VALUES_APART + 1)], "limit": 9})
+    assert tag_read_apart(many, SQLITE_VALUES_APART) is not None
+    assert tag_read_apart(many, POSTGRES_VALUES_APART) is None
+
+
+def test_a_page_of_notes_reactions_does_not_walk_the_kind_index() -> None:
+    """`{"kinds":[7],"#e":[50 ids],"limit":500}`: one walk of the tag index per id, not
+    every kind-7 event newest first checked against the ids (24 ms at a million events)."""
+    ids = [f"{n:064x}" for n in range(50)]
+    f = parse_filter({"kinds": [7], "#e": ids, "limit": 500})
+    found = explain(sql.select_page(f, int(time.time()), None, 500, sql.RAW_ONLY))
+    assert found.count("USING INDEX tags_by_value") == 50
+    assert "events_by_kind" not in found

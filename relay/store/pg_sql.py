@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.core.filters import Filter
 from relay.store.pg_batch import search_query
-from relay.store.plans import ReadApart, read_apart
+from relay.store.plans import POSTGRES_VALUES_APART, ReadApart, read_apart
 
 Query = tuple[str, list[Any]]
 
@@ -89,7 +89,7 @@ def _driving_tag(f: Filter) -> tuple[str, str] | None:
 
 def _select(f: Filter, now: int, params: Params, column: str) -> str:
     """`column` of the events matching `f`, in the filter's order, up to its limit."""
-    apart = read_apart(f)
+    apart = read_apart(f, POSTGRES_VALUES_APART)
     if apart is not None:
         return _select_apart(f, apart, now, params, column)
     driving = _driving_tag(f)

@@ -33,11 +33,16 @@ def kinds_read_apart(f: Filter) -> list[int] | None:
     return sorted(f.kinds)
 
 
-# A limited filter on up to this many values of one tag is read one value at a time.
-MAX_VALUES_APART = 20
+# A limited filter on up to this many values of one tag is read one value at a time. The
+# stores differ, measured on 1,000,000 events (`{"kinds":[7],"#e":[N ids],"limit":500}`, a
+# page of notes' reactions): SQLite otherwise walks the kind's index, 24 ms whatever N is,
+# and 100 walks take 1.3 ms; PostgreSQL's own plan seeks each value (0.8-1.1 ms for 100),
+# while 100 walks in one statement cost it 21-34 ms, mostly planning.
+SQLITE_VALUES_APART = 100
+POSTGRES_VALUES_APART = 20
 
 
-def tag_read_apart(f: Filter) -> tuple[str, list[str]] | None:
+def tag_read_apart(f: Filter, max_values: int) -> tuple[str, list[str]] | None:
     """The tag and its values to read one value at a time, each newest first up to the
     limit on the tag index, and merge; None to read the filter in one go.
 
@@ -58,7 +63,7 @@ def tag_read_apart(f: Filter) -> tuple[str, list[str]] | None:
     ):
         return None
     name, values = min(f.tags, key=lambda tag: len(tag[1]))
-    if not 1 < len(values) <= MAX_VALUES_APART:
+    if not 1 < len(values) <= max_values:
         return None
     return name, sorted(values)
 
@@ -73,11 +78,12 @@ class ReadApart:
     overlapping: bool
 
 
-def read_apart(f: Filter) -> ReadApart | None:
+def read_apart(f: Filter, max_values: int) -> ReadApart | None:
+    """How to read `f` apart, or None; `max_values` is the store's cap on tag values."""
     kinds = kinds_read_apart(f)
     if kinds is not None:
         return ReadApart([replace(f, kinds=frozenset({kind})) for kind in kinds], False)
-    tag = tag_read_apart(f)
+    tag = tag_read_apart(f, max_values)
     if tag is None:
         return None
     name, values = tag

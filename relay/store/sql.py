@@ -8,7 +8,7 @@ from typing import Any
 
 from relay.core.filters import Filter
 from relay.core.search import fts_match
-from relay.store.plans import ReadApart, read_apart
+from relay.store.plans import SQLITE_VALUES_APART, ReadApart, read_apart
 
 Query = tuple[str, list[Any]]
 
@@ -126,7 +126,7 @@ Key = tuple[int, bytes]
 def select_page(f: Filter, now: int, after: Key | None, limit: int, columns: str) -> Query:
     """The next `limit` rows of a filter without search after `after` (keyset continuation
     on created_at DESC, id ASC): ROW_WITH_RAW, ROW_WITH_SEQ or RAW_ONLY columns."""
-    apart = read_apart(f)
+    apart = read_apart(f, SQLITE_VALUES_APART)
     if apart is not None:
         return _select_page_apart(apart, now, after, limit, columns)
     params: list[Any] = []
