@@ -64,17 +64,16 @@ def site_config(first: int, second: int, front: int) -> str:
 
 def main_config(root: Path, site: Path) -> str:
     """What the nginx image's own nginx.conf provides around the site, kept in `root`."""
-    temp = "\n".join(
-        f"    {name}_temp_path {root / name};" for name in ("client_body", "proxy", "fastcgi")
+    temp = "".join(
+        f"    {name}_temp_path {root / name};\n"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     user = "user root;\n" if os.geteuid() == 0 else ""
     return (
         f"{user}daemon off;\nworker_processes 1;\npid {root / 'nginx.pid'};\n"
         f"error_log {root / 'error.log'} warn;\n"
         "events { worker_connections 128; }\n"
-        f"http {{\n    access_log off;\n{temp}\n"
-        f"    uwsgi_temp_path {root / 'uwsgi'};\n    scgi_temp_path {root / 'scgi'};\n"
-        f"    include {site};\n}}\n"
+        f"http {{\n    access_log off;\n{temp}    include {site};\n}}\n"
     )
 
 
