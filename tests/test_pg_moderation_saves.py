@@ -24,7 +24,6 @@ from relay.store.pg_moderation import PostgresModeration
 from relay.store.postgres import SAVE_BATCH, PostgresStore
 from tests.conftest import wait_for
 from tests.nostr import Keys
-from tests.pg import schema_url
 
 NOW = 1_700_000_000
 
@@ -42,14 +41,8 @@ def ban_event(event_id: str) -> Change:
 
 
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
-    async with schema_url() as schema:
-        yield schema
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(url, readers=1, durable=False)
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_url, readers=1, durable=False)
     await store.open()
     try:
         yield store
@@ -61,9 +54,11 @@ async def stored(store: PostgresStore) -> list[bytes]:
     return await store.query([Filter()], NOW)
 
 
-async def test_a_banned_pubkeys_events_are_refused_blocked(url: str, store: PostgresStore) -> None:
+async def test_a_banned_pubkeys_events_are_refused_blocked(
+    pg_url: str, store: PostgresStore
+) -> None:
     spammer, other = Keys(), Keys()
-    await PostgresModeration(url).apply(ban_pubkey(spammer.pubkey))
+    await PostgresModeration(pg_url).apply(ban_pubkey(spammer.pubkey))
     kept = note(other)
     outcomes = await store.save_many([note(spammer), kept], NOW)
     assert outcomes == [SaveOutcome.BANNED_PUBKEY, SaveOutcome.STORED]
@@ -72,10 +67,10 @@ async def test_a_banned_pubkeys_events_are_refused_blocked(url: str, store: Post
 
 
 async def test_a_banned_event_is_refused_until_allowed_again(
-    url: str, store: PostgresStore
+    pg_url: str, store: PostgresStore
 ) -> None:
     event = note(Keys())
-    moderation = PostgresModeration(url)
+    moderation = PostgresModeration(pg_url)
     await moderation.apply(ban_event(event.id))
     [outcome] = await store.save_many([event], NOW)
     assert outcome is SaveOutcome.BANNED_EVENT
@@ -85,9 +80,9 @@ async def test_a_banned_event_is_refused_until_allowed_again(
     assert await store.save_many([event], NOW) == [SaveOutcome.STORED]
 
 
-async def test_an_allowlist_admits_only_its_pubkeys(url: str, store: PostgresStore) -> None:
+async def test_an_allowlist_admits_only_its_pubkeys(pg_url: str, store: PostgresStore) -> None:
     friend, stranger = Keys(), Keys()
-    await PostgresModeration(url).apply(Change("allowed_pubkeys", friend.pubkey))
+    await PostgresModeration(pg_url).apply(Change("allowed_pubkeys", friend.pubkey))
     welcome = note(friend)
     outcomes = await store.save_many([note(stranger), welcome], NOW)
     assert outcomes == [SaveOutcome.NOT_ALLOWED, SaveOutcome.STORED]
@@ -95,11 +90,11 @@ async def test_an_allowlist_admits_only_its_pubkeys(url: str, store: PostgresSto
     assert await stored(store) == [welcome.raw]
 
 
-async def test_a_refused_event_is_not_announced(url: str, store: PostgresStore) -> None:
+async def test_a_refused_event_is_not_announced(pg_url: str, store: PostgresStore) -> None:
     spammer, other = Keys(), Keys()
-    await PostgresModeration(url).apply(ban_pubkey(spammer.pubkey))
+    await PostgresModeration(pg_url).apply(ban_pubkey(spammer.pubkey))
     heard: list[Event] = []
-    watcher = PostgresStore(url, readers=1)
+    watcher = PostgresStore(pg_url, readers=1)
     await watcher.open()
     try:
         await watcher.follow(heard.append)
@@ -113,9 +108,9 @@ async def test_a_refused_event_is_not_announced(url: str, store: PostgresStore) 
         await watcher.close()
 
 
-async def blocked_by(url: str, pid: int) -> int:
+async def blocked_by(pg_url: str, pid: int) -> int:
     """How many backends wait for a lock the backend `pid` holds."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         waiting: int = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid
@@ -125,10 +120,10 @@ async def blocked_by(url: str, pid: int) -> int:
         await conn.close()
 
 
-async def until_blocked_by(url: str, conn: asyncpg.Connection) -> None:
+async def until_blocked_by(pg_url: str, conn: asyncpg.Connection) -> None:
     pid = conn.get_server_pid()
     for _ in range(1000):
-        if await blocked_by(url, pid):
+        if await blocked_by(pg_url, pid):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("nothing came to wait for the open transaction")
@@ -149,17 +144,17 @@ CHANGES: dict[str, tuple[Callable[[Event], Change], SaveOutcome]] = {
 
 @pytest.mark.parametrize("method", sorted(CHANGES))
 async def test_a_batch_waiting_for_a_change_sees_it(
-    url: str, store: PostgresStore, method: str
+    pg_url: str, store: PostgresStore, method: str
 ) -> None:
     make_change, refused = CHANGES[method]
     event = note(Keys())
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         # The change is written, not yet committed, when the batch comes.
         async with conn.transaction():
             await pg_moderation._write(conn, make_change(event))
             save = asyncio.create_task(store.save_many([event], NOW))
-            await until_blocked_by(url, conn)
+            await until_blocked_by(pg_url, conn)
         assert await save == [refused]
     finally:
         await conn.close()
@@ -168,18 +163,18 @@ async def test_a_batch_waiting_for_a_change_sees_it(
 
 @pytest.mark.parametrize("method", ["banevent", "banpubkey"])
 async def test_a_ban_waits_for_a_batch_in_flight_and_erases_it(
-    url: str, store: PostgresStore, method: str
+    pg_url: str, store: PostgresStore, method: str
 ) -> None:
     make_change, _ = CHANGES[method]
     event = note(Keys())
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         # The batch has stored the event, not yet committed, when the ban comes.
         async with conn.transaction():
             args = pg_batch.batch_args([event], with_search=True).as_tuple()
             assert await conn.fetchval(SAVE_BATCH, *args) == [0]
-            ban = asyncio.create_task(PostgresModeration(url).apply(make_change(event)))
-            await until_blocked_by(url, conn)
+            ban = asyncio.create_task(PostgresModeration(pg_url).apply(make_change(event)))
+            await until_blocked_by(pg_url, conn)
         assert await ban == 1
     finally:
         await conn.close()

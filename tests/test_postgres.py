@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -30,7 +29,6 @@ from relay.store.postgres import (
 from relay.store.sqlite import SqliteStore
 from tests.conftest import RelayProcess, free_port
 from tests.nostr import Client, Keys
-from tests.pg import schema_url
 
 NOW = 1_700_000_000
 
@@ -39,48 +37,42 @@ def note(keys: Keys, content: str, created_at: int = NOW - 10, kind: int = 1) ->
     return parse_event(keys.sign(kind=kind, content=content, created_at=created_at))
 
 
-@pytest.fixture
-async def url() -> AsyncIterator[str]:
-    async with schema_url() as schema:
-        yield schema
-
-
-async def fetch(url: str, sql: str) -> object:
-    conn = await asyncpg.connect(url)
+async def fetch(pg_url: str, sql: str) -> object:
+    conn = await asyncpg.connect(pg_url)
     try:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
 
 
-async def test_first_start_creates_the_schema_and_records_its_version(url: str) -> None:
-    stores = [PostgresStore(url, readers=1) for _ in range(3)]
+async def test_first_start_creates_the_schema_and_records_its_version(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, readers=1) for _ in range(3)]
     # Instances starting together: one migrates, the others find it done.
     await asyncio.gather(*(s.open() for s in stores))
     for s in stores:
         await s.close()
     every_version = list(range(1, SCHEMA_VERSION + 1))
-    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == every_version
-    again = PostgresStore(url, readers=1)
+    assert await fetch(pg_url, "SELECT array_agg(version) FROM schema_version") == every_version
+    again = PostgresStore(pg_url, readers=1)
     await again.open()
     await again.close()
-    assert await fetch(url, "SELECT count(*) FROM schema_version") == SCHEMA_VERSION
+    assert await fetch(pg_url, "SELECT count(*) FROM schema_version") == SCHEMA_VERSION
 
 
-async def test_a_version_1_database_is_migrated_keeping_its_events(url: str) -> None:
+async def test_a_version_1_database_is_migrated_keeping_its_events(pg_url: str) -> None:
     """A database a relay of schema version 1 made gets every later version."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
         await conn.execute(load_migration(1))
         await conn.execute("INSERT INTO schema_version VALUES (1)")
     finally:
         await conn.close()
-    old = PostgresStore(url, readers=1)
+    old = PostgresStore(pg_url, readers=1)
     # Saving through the v1 schema's own function, before the migration runs.
     kept = note(Keys(), "from version 1")
     args = pg_batch.batch_args([kept], with_search=True).as_tuple()
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.fetchval(SAVE_BATCH, *args)
     finally:
@@ -91,15 +83,15 @@ async def test_a_version_1_database_is_migrated_keeping_its_events(url: str) -> 
     finally:
         await old.close()
     every_version = list(range(1, SCHEMA_VERSION + 1))
-    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == every_version
-    assert await fetch(url, "SELECT count(*) FROM moderation") == 0
+    assert await fetch(pg_url, "SELECT array_agg(version) FROM schema_version") == every_version
+    assert await fetch(pg_url, "SELECT count(*) FROM moderation") == 0
 
 
-async def test_a_version_2_database_gets_saves_that_apply_its_bans(url: str) -> None:
+async def test_a_version_2_database_gets_saves_that_apply_its_bans(pg_url: str) -> None:
     """Version 3 replaces relay_save_batch: the bans already in the table now hold in the
     database too, and what version 2 stored stays."""
     spammer = Keys()
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
         for version in (1, 2):
@@ -114,23 +106,23 @@ async def test_a_version_2_database_gets_saves_that_apply_its_bans(url: str) -> 
         assert await conn.fetchval(SAVE_BATCH, *args) == [0]
     finally:
         await conn.close()
-    store = PostgresStore(url, readers=1)
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
     try:
         assert await store.save_many([note(spammer, "after")], NOW) == [SaveOutcome.BANNED_PUBKEY]
         assert await store.query([Filter()], NOW) == [slipped.raw]
     finally:
         await store.close()
-    assert await fetch(url, "SELECT array_agg(version) FROM schema_version") == [1, 2, 3]
+    assert await fetch(pg_url, "SELECT array_agg(version) FROM schema_version") == [1, 2, 3]
 
 
-async def test_a_newer_schema_is_refused(url: str) -> None:
-    store = PostgresStore(url, readers=1)
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
     await store.close()
-    await fetch(url, "INSERT INTO schema_version VALUES (99) RETURNING version")
+    await fetch(pg_url, "INSERT INTO schema_version VALUES (99) RETURNING version")
     with pytest.raises(OSError, match="schema version 99, newer"):
-        await PostgresStore(url, readers=1).open()
+        await PostgresStore(pg_url, readers=1).open()
 
 
 async def test_an_unreachable_server_is_an_error_without_the_password() -> None:
@@ -147,14 +139,14 @@ def test_a_postgresql_url_selects_postgres_a_path_sqlite() -> None:
     assert isinstance(build_store(Settings(db=":memory:")), SqliteStore)
 
 
-async def test_search_switched_on_fills_the_words_written_while_off(url: str) -> None:
+async def test_search_switched_on_fills_the_words_written_while_off(pg_url: str) -> None:
     keys = Keys()
-    store = PostgresStore(url, readers=1, search=False)
+    store = PostgresStore(pg_url, readers=1, search=False)
     await store.open()
     await store.save_many([note(keys, "written while search was off")], NOW)
     assert await store.query([parse_filter({"search": "written"})], NOW) == []
     await store.close()
-    store = PostgresStore(url, readers=1)
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
     try:
         await store.save_many([note(keys, "written while search was on")], NOW)
@@ -165,11 +157,11 @@ async def test_search_switched_on_fills_the_words_written_while_off(url: str) ->
         await store.close()
 
 
-async def test_search_ranks_by_relevance(url: str) -> None:
+async def test_search_ranks_by_relevance(pg_url: str) -> None:
     keys = Keys()
     weak = note(keys, "nostr once, among many other words here", created_at=NOW - 1)
     strong = note(keys, "nostr nostr nostr", created_at=NOW - 2)
-    store = PostgresStore(url, readers=1)
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
     try:
         await store.save_many([weak, strong], NOW)
@@ -182,8 +174,8 @@ async def test_search_ranks_by_relevance(url: str) -> None:
         await store.close()
 
 
-async def test_a_query_past_its_time_is_interrupted(url: str) -> None:
-    store = PostgresStore(url, readers=1, query_timeout=0.05)
+async def test_a_query_past_its_time_is_interrupted(pg_url: str) -> None:
+    store = PostgresStore(pg_url, readers=1, query_timeout=0.05)
     await store.open()
     try:
         with pytest.raises(QueryTimeout):
@@ -202,12 +194,12 @@ async def wait_for_row(conn: asyncpg.Connection, sql: str) -> None:
     raise AssertionError(f"no row for {sql} in 10 s")
 
 
-async def test_a_batch_cut_off_by_a_lost_connection_stores_nothing(url: str) -> None:
+async def test_a_batch_cut_off_by_a_lost_connection_stores_nothing(pg_url: str) -> None:
     keys = Keys()
     event = note(keys, "during the outage")
-    store = PostgresStore(url, readers=1)
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
-    admin = await asyncpg.connect(url)
+    admin = await asyncpg.connect(pg_url)
     try:
         assert store._writer is not None
         async with store._writer.acquire() as conn:
@@ -241,8 +233,8 @@ class PostgresRelayProcess(RelayProcess):
         return self.database
 
 
-async def test_two_relay_processes_share_one_database(url: str) -> None:
-    a, b = PostgresRelayProcess(url), PostgresRelayProcess(url)
+async def test_two_relay_processes_share_one_database(pg_url: str) -> None:
+    a, b = PostgresRelayProcess(pg_url), PostgresRelayProcess(pg_url)
     try:
         await asyncio.to_thread(a.start)
         await asyncio.to_thread(b.start)
@@ -273,10 +265,10 @@ async def test_two_relay_processes_share_one_database(url: str) -> None:
         b.kill()
 
 
-async def test_query_pages_are_slices_of_the_query(url: str) -> None:
+async def test_query_pages_are_slices_of_the_query(pg_url: str) -> None:
     keys = Keys()
     events = [note(keys, f"note {n}", created_at=NOW - n) for n in range(7)]
-    store = PostgresStore(url, readers=1)
+    store = PostgresStore(pg_url, readers=1)
     await store.open()
     try:
         await store.save_many(events, NOW)

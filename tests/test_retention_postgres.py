@@ -22,7 +22,6 @@ from relay.store.postgres import PostgresStore
 from tests import test_metrics
 from tests.conftest import RelayFactory
 from tests.nostr import Keys
-from tests.pg import schema_url
 from tests.test_retention import HOUR, NOW, event
 
 OpenStore = Callable[..., Any]
@@ -34,17 +33,11 @@ def relay_backend() -> str:
 
 
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
-    async with schema_url() as schema:
-        yield schema
-
-
-@pytest.fixture
-async def open_store(url: str) -> AsyncIterator[OpenStore]:
+async def open_store(pg_url: str) -> AsyncIterator[OpenStore]:
     opened: list[PostgresStore] = []
 
     async def factory(retention: Retention, **kw: Any) -> PostgresStore:
-        store = PostgresStore(url, readers=1, retention=retention, durable=False, **kw)
+        store = PostgresStore(pg_url, readers=1, retention=retention, durable=False, **kw)
         await store.open()
         opened.append(store)
         return store
@@ -85,7 +78,7 @@ async def test_default_age_spares_kept_kinds_and_kinds_with_their_own_rule(
     assert await stored(store) == {note.id, *(e.id for e in kept)}
 
 
-async def test_pruning_keeps_search_and_tombstones(open_store: OpenStore, url: str) -> None:
+async def test_pruning_keeps_search_and_tombstones(open_store: OpenStore, pg_url: str) -> None:
     store = await open_store(Retention(kind_ages=((5, HOUR), (1, 3 * HOUR))), search=True)
     target = event(content="findme", age=10)
     deletion = event(kind=5, age=2 * HOUR, tags=[["e", target.id]])
@@ -95,7 +88,7 @@ async def test_pruning_keeps_search_and_tombstones(open_store: OpenStore, url: s
     assert await store.purge_expired(NOW) == Purged(aged=2)
     assert await stored(store, search="findme") == set()
     assert await stored(store) == set()
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(pg_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM tags") == 0
     finally:
@@ -109,8 +102,8 @@ def sizeable(age: int, kind: int = 1) -> Event:
     return event(kind=kind, age=age, content=os.urandom(1000).hex())
 
 
-async def size_of(url: str) -> int:
-    conn = await asyncpg.connect(url)
+async def size_of(pg_url: str) -> int:
+    conn = await asyncpg.connect(pg_url)
     try:
         return int(await conn.fetchval(SIZE))
     finally:
@@ -130,13 +123,13 @@ async def prune_all(store: PostgresStore) -> int:
 
 
 async def test_over_the_budget_the_oldest_go_and_the_rest_stays(
-    open_store: OpenStore, url: str
+    open_store: OpenStore, pg_url: str
 ) -> None:
     events = [sizeable(age=10_000 - i) for i in range(300)]
     profile = sizeable(age=20_000, kind=0)
     unpruned = await open_store(Retention())
     await unpruned.save_many([*events, profile], NOW)
-    budget = await size_of(url) // 2
+    budget = await size_of(pg_url) // 2
     store = await open_store(Retention(budget_bytes=budget, batch=50))
     pruned = await prune_all(store)
     left = await stored(store)
@@ -155,11 +148,11 @@ async def test_over_the_budget_the_oldest_go_and_the_rest_stays(
     assert len(await stored(store)) == len(kept) + 1
 
 
-async def test_one_instance_prunes_at_a_time(open_store: OpenStore, url: str) -> None:
+async def test_one_instance_prunes_at_a_time(open_store: OpenStore, pg_url: str) -> None:
     rules = Retention(kind_ages=((1, HOUR),))
     store = await open_store(rules)
     await store.save_many([event(age=2 * HOUR + i) for i in range(5)], NOW)
-    other_instance = await asyncpg.connect(url)
+    other_instance = await asyncpg.connect(pg_url)
     try:
         await other_instance.execute("SELECT pg_advisory_lock($1)", PRUNE_LOCK)
         # Another instance holds the turn: this one leaves the pruning to it.
@@ -171,12 +164,12 @@ async def test_one_instance_prunes_at_a_time(open_store: OpenStore, url: str) ->
 
 
 async def test_rows_a_writer_holds_are_skipped_not_waited_for(
-    open_store: OpenStore, url: str
+    open_store: OpenStore, pg_url: str
 ) -> None:
     store = await open_store(Retention(kind_ages=((1, HOUR),)))
     held, free = event(age=2 * HOUR), event(age=3 * HOUR)
     await store.save_many([held, free], NOW)
-    writer = await asyncpg.connect(url)
+    writer = await asyncpg.connect(pg_url)
     try:
         async with writer.transaction():
             await writer.execute(
