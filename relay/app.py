@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from pathlib import Path
@@ -19,17 +20,23 @@ def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
+def require_postgres_driver() -> None:
+    """A PostgreSQL database needs asyncpg, the optional `postgres` extra."""
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError as exc:
+        raise ConfigError(
+            f"a PostgreSQL database needs asyncpg: pip install 'pyrelay-nostr[postgres]' ({exc})"
+        ) from exc
+
+
 def build_store(settings: Settings) -> EventStore:
     """PostgreSQL for a postgresql:// URL, else SQLite in the file at that path."""
     if is_postgres_url(settings.db):
-        try:
-            # Imported only here: asyncpg is the optional `postgres` extra.
-            from relay.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise ConfigError(
-                "a PostgreSQL database needs asyncpg: "
-                f"pip install 'pyrelay-nostr[postgres]' ({exc})"
-            ) from exc
+        require_postgres_driver()
+        # Imported only here: asyncpg is the optional `postgres` extra.
+        from relay.store.postgres import PostgresStore
+
         return PostgresStore(
             settings.db,
             readers=settings.readers,

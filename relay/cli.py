@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 from relay import __version__
 from relay.admin import KEY_ENV, AdminError, call, parse_param, read_secret
-from relay.app import is_postgres_url, run
+from relay.app import is_postgres_url, require_postgres_driver, run
 from relay.config import ConfigError, Settings, load
 from relay.core import canonical
 from relay.core.errors import ClientError
@@ -278,16 +277,6 @@ def sqlite_store(settings: Settings) -> SqliteStore:
         search=keeps_search_index(settings),
         write_process=False,
     )
-
-
-def require_postgres_driver() -> None:
-    """A PostgreSQL database needs asyncpg, the optional `postgres` extra."""
-    try:
-        importlib.import_module("asyncpg")
-    except ImportError as exc:
-        raise ConfigError(
-            f"a PostgreSQL database needs asyncpg: pip install 'pyrelay-nostr[postgres]' ({exc})"
-        ) from exc
 
 
 def parse_filter_argument(text: str | None) -> Filter | None:
